@@ -1,0 +1,27 @@
+"""The `torch` backend: the kernel references themselves. Runs on any device, CPU included."""
+
+from __future__ import annotations
+
+import torch
+
+from vllm.attention.backend import AttentionBackend
+from vllm.kernels.compress_pool import compress_pool_ref
+from vllm.kernels.indexer_topk import indexer_topk_ref
+from vllm.kernels.sparse_attn import sparse_attn_ref
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    @classmethod
+    def unsupported_reason(cls, device: torch.device) -> str | None:
+        return None
+
+    def sparse_attention(self, q, kv, indices, sink, scale):
+        return sparse_attn_ref(q, kv, indices, sink, scale)
+
+    def indexer_topk(self, q, weights, keys, positions, ratio, topk, softmax_scale):
+        return indexer_topk_ref(q, weights, keys, positions, ratio, topk, softmax_scale)
+
+    def compress_pool(self, kv, score):
+        return compress_pool_ref(kv, score)

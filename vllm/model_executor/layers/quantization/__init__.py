@@ -1,0 +1,1 @@
+"""Weight/activation quantization formats of DeepSeek V4 checkpoints (torch references)."""
