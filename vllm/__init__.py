@@ -1,3 +1,8 @@
 """vLLM-shaped inference engine for DeepSeek V4."""
 
+from vllm.entrypoints.llm import LLM
+from vllm.outputs import CompletionOutput, Logprob, RequestOutput
+from vllm.sampling_params import SamplingParams
+
 __version__ = "0.1.0"
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob", "__version__"]

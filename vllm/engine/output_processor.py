@@ -1,0 +1,68 @@
+"""Output processing: append sampled tokens, detokenize, apply stop rules, build RequestOutputs."""
+
+from __future__ import annotations
+
+from vllm.engine.request import Request
+from vllm.outputs import CompletionOutput, Logprob, RequestOutput
+from vllm.tokenizers.hf_tokenizer import Tokenizer
+from vllm.worker.sampler import SampledToken
+
+
+class OutputProcessor:
+    def __init__(self, tokenizer: Tokenizer | None):
+        self.tokenizer = tokenizer
+
+    def _decode_one(self, token_id: int) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+    def _logprob_dict(self, token_id: int, lp: float, rank: int, top: list[tuple[int, float]]) -> dict[int, Logprob]:
+        d = {token_id: Logprob(lp, rank, self._decode_one(token_id))}
+        for r, (tid, tlp) in enumerate(top, start=1):
+            d.setdefault(tid, Logprob(tlp, r, self._decode_one(tid)))
+        return d
+
+    def add_prompt_logprobs(self, req: Request, rows) -> None:
+        req.prompt_logprobs = [None] + [self._logprob_dict(*row) for row in rows]
+
+    def append_token(self, req: Request, tok: SampledToken) -> tuple[str, int | str | None] | None:
+        """Record a sampled token; -> (finish_reason, stop_reason) if the request is now done."""
+        p = req.sampling_params
+        req.output_token_ids.append(tok.token_id)
+        req.cumulative_logprob += tok.logprob
+        if p.logprobs is not None:
+            req.logprobs = (req.logprobs or []) + [self._logprob_dict(tok.token_id, tok.logprob, tok.rank, tok.top)]
+        n_out = len(req.output_token_ids)
+        if self.tokenizer is not None:
+            req.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=p.skip_special_tokens)
+        if n_out >= p.min_tokens:
+            if not p.ignore_eos and tok.token_id in req.eos_token_ids:
+                return "stop", None
+            if tok.token_id in p.stop_token_ids:
+                return "stop", tok.token_id
+            hit = self._stop_string(req)
+            if hit is not None:
+                return "stop", hit
+        if n_out >= req.max_tokens:
+            return "length", None
+        return None
+
+    def _stop_string(self, req: Request) -> str | None:
+        p = req.sampling_params
+        if not p.stop_strings or self.tokenizer is None:
+            return None
+        found = [(req.text.find(s), s) for s in p.stop_strings if s in req.text]
+        if not found:
+            return None
+        at, s = min(found)
+        req.text = req.text[: at + len(s)] if p.include_stop_str_in_output else req.text[:at]
+        return s
+
+    @staticmethod
+    def make_output(parent_id: str, children: list[Request]) -> RequestOutput:
+        first = children[0]
+        outs = [CompletionOutput(
+            index=r.index, text=r.text, token_ids=list(r.output_token_ids),
+            cumulative_logprob=r.cumulative_logprob if r.sampling_params.logprobs is not None else None,
+            logprobs=r.logprobs, finish_reason=r.finish_reason, stop_reason=r.stop_reason) for r in children]
+        return RequestOutput(parent_id, first.prompt, first.prompt_token_ids, first.prompt_logprobs, outs,
+                             finished=all(r.is_finished for r in children))

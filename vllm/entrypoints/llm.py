@@ -1,0 +1,74 @@
+"""`LLM`: offline batch inference with vLLM's constructor names."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+from tqdm import tqdm
+
+from vllm.config import DeviceConfig, LoadConfig, ModelConfig, SchedulerConfig, VllmConfig
+from vllm.engine.llm_engine import LLMEngine
+from vllm.outputs import RequestOutput
+from vllm.sampling_params import SamplingParams
+
+PromptType = str | dict
+
+
+class LLM:
+    """Load a model once, then `generate` for many prompts.
+
+    Args mirror vLLM: `model`, `tokenizer`, `dtype`, `seed`, `max_model_len`, `max_num_seqs`,
+    `skip_tokenizer_init`, `device`, `attention_backend`; plus `dequantize_weights` to run FP8/MXFP4
+    checkpoints with dense weights. Parallelism arguments other than 1 are rejected until TP lands.
+    """
+
+    def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", seed: int = 0,
+                 max_model_len: int | None = None, max_num_seqs: int = 256, skip_tokenizer_init: bool = False,
+                 device: str = "auto", attention_backend: str | None = None, dequantize_weights: bool = False,
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, enforce_eager: bool = False,
+                 show_progress: bool = True):
+        if tensor_parallel_size != 1:
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: this engine runs on one device for now")
+        config = VllmConfig(
+            model_config=ModelConfig(model=model, tokenizer=tokenizer, dtype=dtype, seed=seed,
+                                     max_model_len=max_model_len, skip_tokenizer_init=skip_tokenizer_init),
+            load_config=LoadConfig(dequantize_weights=dequantize_weights, show_progress=show_progress),
+            device_config=DeviceConfig(device=device, attention_backend=attention_backend),
+            scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs),
+        )
+        self.llm_engine = LLMEngine(config)
+        self._ids = itertools.count()
+
+    def get_tokenizer(self):
+        return self.llm_engine.tokenizer
+
+    def generate(self, prompts: PromptType | Sequence[PromptType],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in input order."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        params = sampling_params or SamplingParams()
+        params = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts")
+        engine = self.llm_engine
+        order = []
+        try:
+            for prompt, p in zip(prompts, params):
+                rid = str(next(self._ids))
+                engine.add_request(rid, prompt, p)
+                order.append(rid)
+        except Exception:
+            for rid in order:
+                engine.abort_request(rid)
+            raise
+        done: dict[str, RequestOutput] = {}
+        with tqdm(total=len(order), desc="Processed prompts", disable=not use_tqdm) as bar:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+                        bar.update(1)
+        return [done[rid] for rid in order]
