@@ -65,7 +65,7 @@ class TinyModelSpec:
     hc_mult: int = 4
     num_mtp_layers: int = 1
     yarn_factor: float = 4.0
-    yarn_original_max_position: int = 64
+    yarn_original_max_position: int = 1024
     max_position_embeddings: int = 4096
     quantized: bool = False
     """FP8 128x128-block dense weights with e8m0 scales and MXFP4 (or FP8) routed experts."""
@@ -235,8 +235,8 @@ def write_tiny_checkpoint(out_dir: str | Path, spec: TinyModelSpec = TinyModelSp
     config = (hub_config if spec.naming == "hub" else transformers_config)(spec, vocab)
     cfg = DeepseekV4Config.from_dict(config)
     state = random_hub_state(spec, cfg)
-    if spec.naming == "transformers":
-        state = {hub_to_transformers_name(k): v for k, v in state.items()}
+    if spec.naming == "transformers":  # like save_pretrained: no MTP weights
+        state = {hub_to_transformers_name(k): v for k, v in state.items() if not k.startswith("mtp.")}
     names = sorted(state)
     shards = [names[i::num_shards] for i in range(num_shards)]
     weight_map = {}
