@@ -209,8 +209,7 @@ def random_hub_state(spec: TinyModelSpec, cfg: DeepseekV4Config) -> dict[str, to
         scale_hub = param_to_hub_names(scale_name, cfg.n_routed_experts) if scale_name in native_params else None
         for i, (hub_name, v) in enumerate(zip(hub_names, per_expert)):
             if scale_hub is None:
-                keep_fp32 = v.dtype == torch.int64 or p.dtype == torch.float32 and _is_fp32_param(name)
-                out[hub_name] = v if keep_fp32 else v.to(dtype)
+                out[hub_name] = v if v.dtype == torch.int64 or _is_fp32_param(name) else v.to(dtype)
                 continue
             quant = quant_fp8_block if native_params[name].dtype == torch.float8_e4m3fn else quant_mxfp4
             q, s = quant(v)

@@ -7,6 +7,8 @@ matmuls dequantize and accumulate in fp32 (Triton GEMMs come with the kernels is
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,18 +24,19 @@ def _param(shape: tuple[int, ...], dtype: torch.dtype) -> nn.Parameter:
     return nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
 
 
-class LinearMethod:
+class LinearMethod(ABC):
     """Stores `weight` (+ `weight_scale`) on a layer; `experts` adds a leading expert dim."""
 
     name = "base"
     quantized = True
 
+    @abstractmethod
     def create_weights(self, layer: nn.Module, out_f: int, in_f: int, dtype: torch.dtype, experts: int | None = None):
-        raise NotImplementedError
+        """Register the layer's parameters (full local shapes, checkpoint dtypes)."""
 
+    @abstractmethod
     def dequant(self, weight: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         """Dense fp32 `[out, in]` from one (expert's) stored weight."""
-        raise NotImplementedError
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         """Activation quantization the format implies (identity when unquantized)."""
