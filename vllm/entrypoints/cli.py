@@ -39,7 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--attention-backend", default=None)
     gen.set_defaults(func=_generate)
+    _add_bench(sub)
     return parser
+
+
+def _add_bench(sub) -> None:
+    from vllm.benchmarks import latency, throughput
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    for name, mod in (("latency", latency), ("throughput", throughput)):
+        p = bench.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        mod.add_cli_args(p)
+        p.set_defaults(func=lambda args, mod=mod: (mod.main(args), 0)[1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""Offline benchmarks behind `vllm bench latency|throughput`."""
