@@ -50,7 +50,14 @@ def _add_bench(sub) -> None:
     for name, mod in (("latency", latency), ("throughput", throughput)):
         p = bench.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
         mod.add_cli_args(p)
-        p.set_defaults(func=lambda args, mod=mod: (mod.main(args), 0)[1])
+        p.set_defaults(func=_bench_runner(mod.main))
+
+
+def _bench_runner(bench_main):
+    def run(args: argparse.Namespace) -> int:
+        bench_main(args)  # prints its results (and writes --output-json)
+        return 0
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

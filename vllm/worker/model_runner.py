@@ -14,7 +14,7 @@ from vllm.config import VllmConfig
 from vllm.core.kv_cache.contiguous import SequenceKVCache
 from vllm.core.scheduler import ScheduledRequest, SchedulerOutput
 from vllm.forward_context import ForwardContext, set_forward_context
-from vllm.model_executor.model_loader import get_model, read_config
+from vllm.model_executor.model_loader import get_model, resolve_model
 from vllm.worker.sampler import SampledToken, Sampler, token_logprobs
 
 
@@ -32,11 +32,11 @@ class ModelRunner:
     def __init__(self, config: VllmConfig):
         mc = config.model_config
         self.device = config.device_config.torch_device()
-        raw = read_config(mc.model)
-        self.dtype = mc.torch_dtype(raw.get("torch_dtype") or raw.get("dtype") or "bfloat16")
+        resolved = resolve_model(mc.model)
+        self.dtype = mc.torch_dtype(resolved[1].torch_dtype)
         self.model, self.model_cfg = get_model(mc.model, self.dtype, self.device,
                                                dequantize=config.load_config.dequantize_weights,
-                                               show_progress=config.load_config.show_progress)
+                                               show_progress=config.load_config.show_progress, resolved=resolved)
         self.backend = get_attention_backend(self.device, config.device_config.attention_backend)
         self.sampler = Sampler(mc.seed)
         self.caches: dict[str, SequenceKVCache] = {}

@@ -19,12 +19,20 @@ def read_config(model_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def get_model(model_dir: str | Path, dtype: torch.dtype, device: torch.device | str = "cpu",
-              dequantize: bool = False, show_progress: bool = True):
-    """Build the architecture named by config.json and load its weights. -> (model, parsed config)."""
+def resolve_model(model_dir: str | Path):
+    """-> (model class, parsed config) named by the directory's config.json."""
     raw = read_config(model_dir)
     model_cls, config_cls = resolve_model_class(raw)
-    cfg = config_cls.from_dict(raw)
+    return model_cls, config_cls.from_dict(raw)
+
+
+def get_model(model_dir: str | Path, dtype: torch.dtype, device: torch.device | str = "cpu",
+              dequantize: bool = False, show_progress: bool = True, resolved=None):
+    """Build the architecture named by config.json and load its weights. -> (model, parsed config).
+
+    `resolved`: a `resolve_model(model_dir)` result the caller already has.
+    """
+    model_cls, cfg = resolved or resolve_model(model_dir)
     with torch.device(device):
         model = model_cls(cfg, dtype, dequantized=dequantize)
     block = cfg.quant.weight_block if cfg.quant else (128, 128)

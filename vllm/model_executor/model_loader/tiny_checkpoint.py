@@ -166,14 +166,19 @@ def _common_config(spec: TinyModelSpec, vocab_size: int) -> dict:
     }
 
 
+def _owner_leaf(name: str) -> tuple[str, str]:
+    """`layers.1.attn.q_norm.weight` -> ("q_norm", "weight"); a top-level `ape` -> ("", "ape")."""
+    parts = name.split(".")
+    return (parts[-2] if len(parts) > 1 else ""), parts[-1]
+
+
 def _randomize(name: str, p: torch.Tensor, cfg: DeepseekV4Config, g: torch.Generator) -> torch.Tensor:
     """A well-scaled random value for parameter `name` (fp32, or int64 for tid2eid)."""
     shape = p.shape
     randn = lambda s=1.0: torch.randn(shape, generator=g) * s  # noqa: E731
     if name.endswith("tid2eid"):
         return torch.argsort(torch.rand(shape[0], cfg.n_routed_experts, generator=g), dim=1)[:, : shape[1]]
-    leaf = name.rsplit(".", 1)[-1]
-    owner = name.rsplit(".", 2)[-2] if name.count(".") else ""
+    owner, leaf = _owner_leaf(name)
     if owner in ("hc_attn", "hc_ffn", "hc_head"):
         return {"fn": lambda: randn(0.05), "base": lambda: randn(0.3),
                 "scale": lambda: 0.5 + torch.rand(shape, generator=g)}[leaf]()
@@ -219,8 +224,7 @@ def random_hub_state(spec: TinyModelSpec, cfg: DeepseekV4Config) -> dict[str, to
 
 def _is_fp32_param(name: str) -> bool:
     """Tensors DeepSeek ships in fp32 whatever the model dtype (spec §4.2)."""
-    leaf = name.rsplit(".", 1)[-1]
-    owner = name.rsplit(".", 2)[-2] if name.count(".") else ""
+    owner, leaf = _owner_leaf(name)
     return owner in ("hc_attn", "hc_ffn", "hc_head") or leaf in ("attn_sink", "ape") or (
         owner == "gate" and leaf == "bias")
 
