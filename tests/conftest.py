@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from vllm.attention.backends.torch_backend import TorchAttentionBackend
-from vllm.core.kv_cache.contiguous import SequenceKVCache
+from vllm.attention.metadata import BatchEntry, build_attention_metadata
+from vllm.config.cache import CacheConfig
+from vllm.core.kv_cache.paged_rows import allocate_layer_caches
 from vllm.forward_context import ForwardContext, set_forward_context
 from vllm.model_executor.model_loader.tiny_checkpoint import TinyModelSpec, write_tiny_checkpoint
 from vllm.model_executor.models.deepseek_v4.config import CSA, HCA, SLIDING
@@ -34,16 +38,24 @@ def checkpoint_factory(tmp_path_factory):
     return make
 
 
-def run_model(model, ids: torch.Tensor, chunks: list[int] | None = None) -> torch.Tensor:
-    """Logits `[T, V]` for one sequence, fed in the given chunk sizes (default: all at once)."""
-    cache = SequenceKVCache.for_layers(model.config.sliding_window, model.cache_layout())
+def run_model(model, ids: torch.Tensor, chunks: list[int] | None = None, kv_cache_dtype: str = "auto") -> torch.Tensor:
+    """Logits `[T, V]` for one sequence through the paged caches, fed in the given chunk sizes
+    (default: all at once). Blocks are handed out in order and never freed."""
+    cfg = model.config
+    block_size = math.lcm(16, *[r for r in cfg.compress_ratios[:cfg.num_layers] if r])
+    groups = model.kv_cache_groups(CacheConfig(block_size=block_size, kv_cache_dtype=kv_cache_dtype))
+    blocks = [-(-ids.shape[0] // g.block_tokens) for g in groups]
+    caches = allocate_layer_caches(groups, blocks, cfg.num_layers, ids.device)
+    tables = [list(range(n)) for n in blocks]
     chunks = chunks or [ids.shape[0]]
     assert sum(chunks) == ids.shape[0]
     outs, start = [], 0
-    with torch.inference_mode(), set_forward_context(ForwardContext(cache.layers, TorchAttentionBackend())):
+    with torch.inference_mode():
         for n in chunks:
-            pos = torch.arange(start, start + n, device=ids.device)
-            outs.append(model.compute_logits(model(ids[start:start + n], pos)))
+            meta = build_attention_metadata([BatchEntry(start, n, tables)], groups, cfg.sliding_window, block_size,
+                                            ids.device)
+            with set_forward_context(ForwardContext(caches, TorchAttentionBackend(), meta)):
+                outs.append(model.compute_logits(model(ids[start:start + n], meta.positions)))
             start += n
     return torch.cat(outs)
 

@@ -1,20 +1,25 @@
-"""The one per-step forward context: what layers read besides their inputs (caches, backend)."""
+"""The one per-step forward context: what layers read besides their inputs (caches, metadata, backend)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from vllm.attention.backend import AttentionBackend
-from vllm.core.kv_cache.contiguous import LayerKVCache
+
+if TYPE_CHECKING:
+    from vllm.attention.metadata import AttentionMetadata
+    from vllm.core.kv_cache.paged_rows import LayerCaches
 
 
 @dataclass
 class ForwardContext:
-    kv_caches: list[LayerKVCache]
-    """This step's per-layer cache views, indexed by layer id (MTP layers after the main ones)."""
+    kv_caches: list["LayerCaches"]
+    """Per-layer paged cache tensors, indexed by layer id."""
     attn_backend: AttentionBackend
+    attn_metadata: "AttentionMetadata"
+    """This step's slots and candidate lists, built once per step and shared by all layers."""
 
 
 _CONTEXT: ForwardContext | None = None

@@ -103,7 +103,7 @@ def test_bad_prompts_fail_clearly_and_engine_keeps_working(llm):
         _gen(llm, {"prompt_token_ids": [5] * 5000}, max_tokens=2)
     with pytest.raises(ValueError, match="empty"):
         _gen(llm, {"prompt_token_ids": []}, max_tokens=2)
-    assert not llm.llm_engine.has_unfinished_requests() and not llm.llm_engine.runner.caches
+    assert not llm.llm_engine.has_unfinished_requests() and llm.llm_engine.kv_cache_manager.all_blocks_free()
     assert len(_gen(llm, "Hello", temperature=0, max_tokens=2)[0].outputs[0].token_ids) == 2
 
 

@@ -2,11 +2,13 @@
 
 A backend declares where it runs (`unsupported_reason`) and implements the ops with the
 same semantics as the references in `vllm/kernels/`. Layers never branch on the backend.
+KV sources are paged rows (`vllm/core/kv_cache/paged_rows.py`) addressed by global slots.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Sequence
 
 import torch
 
@@ -20,14 +22,15 @@ class AttentionBackend(ABC):
         """None if this backend runs on `device`, else why not (shown in the selector's log)."""
 
     @abstractmethod
-    def sparse_attention(self, q: torch.Tensor, kv: torch.Tensor, indices: torch.Tensor, sink: torch.Tensor,
+    def sparse_attention(self, q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]], sink: torch.Tensor,
                          scale: float) -> torch.Tensor:
-        """q `[T,H,D]`, kv `[N,D]`, indices `[T,K]` (-1 skip), sink `[H]` -> `[T,H,D]` (see sparse_attn_ref)."""
+        """q `[T,H,D]`, sources (kv rows, indices `[T,K]` -1 skip), sink `[H]` -> `[T,H,D]` (see sparse_attn_ref)."""
 
     @abstractmethod
-    def indexer_topk(self, q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
-                     ratio: int, topk: int, softmax_scale: float) -> torch.Tensor:
-        """Causal top-k compressed entry ids per query (see indexer_topk_ref)."""
+    def indexer_topk(self, q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torch.Tensor,
+                     query_req: torch.Tensor, num_visible: torch.Tensor, topk: int,
+                     softmax_scale: float) -> torch.Tensor:
+        """Causal top-k compressed entry slots per query (see indexer_topk_ref)."""
 
     @abstractmethod
     def compress_pool(self, kv: torch.Tensor, score: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,8 @@ import logging
 import torch
 
 from vllm.config import VllmConfig
+from vllm.core.kv_cache.manager import KVCacheManager
+from vllm.core.kv_cache.sizing import plan_kv_cache
 from vllm.core.scheduler import Scheduler
 from vllm.engine.output_processor import OutputProcessor
 from vllm.engine.request import Request
@@ -33,9 +35,20 @@ class LLMEngine:
         if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = tuple(sorted(eos))
-        self.scheduler = Scheduler(config.scheduler_config)
+        self.kv_cache_manager = self._init_kv_cache(config)
+        self.scheduler = Scheduler(config.scheduler_config, self.kv_cache_manager)
         self.output_processor = OutputProcessor(self.tokenizer)
         self.requests: dict[str, list[Request]] = {}  # parent id -> its n sequences
+
+    def _init_kv_cache(self, config: VllmConfig) -> KVCacheManager:
+        """Size the KV cache (fails here if max_model_len cannot fit), allocate it, build the manager."""
+        cc, sc = config.cache_config, config.scheduler_config
+        groups = self.runner.kv_groups
+        plan = plan_kv_cache(groups, self.runner.kv_cache_budget(self.max_model_len), cc.block_size,
+                             self.max_model_len, sc.max_num_seqs, sc.max_num_batched_tokens)
+        self.kv_cache_plan = plan
+        self.runner.initialize_kv_cache(plan.num_blocks)
+        return KVCacheManager(groups, plan.num_blocks, cc.enable_prefix_caching)
 
     def encode_prompt(self, prompt: str | dict) -> tuple[str | None, list[int]]:
         if isinstance(prompt, dict):
@@ -84,7 +97,6 @@ class LLMEngine:
         for r in self.requests.pop(request_id, []):
             if not r.is_finished:
                 self.scheduler.finish(r, "abort")
-        self.runner.free(self.scheduler.take_finished_ids())
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -98,7 +110,8 @@ class LLMEngine:
         for s in sched.scheduled:
             req = s.request
             if req.request_id in result.prompt_logprobs:
-                self.output_processor.add_prompt_logprobs(req, result.prompt_logprobs[req.request_id])
+                self.output_processor.add_prompt_logprobs(req, s.start_position + 1,
+                                                          result.prompt_logprobs[req.request_id])
             tok = result.sampled.get(req.request_id)
             if tok is None:
                 continue
@@ -106,7 +119,6 @@ class LLMEngine:
             if done is not None:
                 self.scheduler.finish(req, *done)
             touched[req.parent_id] = None
-        self.runner.free(self.scheduler.take_finished_ids())
         outputs = []
         for pid in touched:
             children = self.requests[pid]

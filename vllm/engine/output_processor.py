@@ -21,8 +21,14 @@ class OutputProcessor:
             d.setdefault(tid, Logprob(tlp, r, self._decode_one(tid)))
         return d
 
-    def add_prompt_logprobs(self, req: Request, rows) -> None:
-        req.prompt_logprobs = [None] + [self._logprob_dict(*row) for row in rows]
+    def add_prompt_logprobs(self, req: Request, first_position: int, rows) -> None:
+        """Rows for prompt positions first_position.. (chunks arrive in order; a recomputation after
+        preemption repeats positions already recorded, which are skipped)."""
+        if req.prompt_logprobs is None:
+            req.prompt_logprobs = [None]  # the first prompt token has no logprob
+        for pos, row in enumerate(rows, start=first_position):
+            if pos == len(req.prompt_logprobs):
+                req.prompt_logprobs.append(self._logprob_dict(*row))
 
     def append_token(self, req: Request, tok: SampledToken) -> tuple[str, int | str | None] | None:
         """Record a sampled token; -> (finish_reason, stop_reason) if the request is now done."""

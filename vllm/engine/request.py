@@ -14,6 +14,7 @@ from vllm.sampling_params import SamplingParams
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    PREEMPTED = "preempted"
     FINISHED = "finished"
 
 
@@ -39,6 +40,9 @@ class Request:
     logprobs: SampleLogprobs | None = None
     prompt_logprobs: PromptLogprobs | None = None
     cumulative_logprob: float = 0.0
+    num_preemptions: int = 0
+    num_cached_tokens: int = 0
+    """Prompt tokens taken from the prefix cache when the request was first scheduled."""
     text: str = ""
     finish_reason: str | None = None
     stop_reason: int | str | None = None

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from vllm.config import DeviceConfig, LoadConfig, ModelConfig, SchedulerConfig, VllmConfig
+from vllm.config import CacheConfig, DeviceConfig, LoadConfig, ModelConfig, SchedulerConfig, VllmConfig
 from vllm.engine.llm_engine import LLMEngine
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
@@ -19,12 +19,17 @@ class LLM:
     """Load a model once, then `generate` for many prompts.
 
     Args mirror vLLM: `model`, `tokenizer`, `dtype`, `seed`, `max_model_len`, `max_num_seqs`,
-    `skip_tokenizer_init`, `device`, `attention_backend`; plus `dequantize_weights` to run FP8/MXFP4
-    checkpoints with dense weights. Parallelism arguments other than 1 are rejected until TP lands.
+    `max_num_batched_tokens`, `block_size`, `kv_cache_dtype`, `kv_cache_memory_bytes`,
+    `gpu_memory_utilization`, `enable_prefix_caching`, `skip_tokenizer_init`, `device`,
+    `attention_backend`; plus `dequantize_weights` to run FP8/MXFP4 checkpoints with dense weights.
+    Parallelism arguments other than 1 are rejected until TP lands.
     """
 
     def __init__(self, model: str, tokenizer: str | None = None, dtype: str = "auto", seed: int = 0,
-                 max_model_len: int | None = None, max_num_seqs: int = 256, skip_tokenizer_init: bool = False,
+                 max_model_len: int | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
+                 block_size: int = 256, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None,
+                 gpu_memory_utilization: float = 0.9, enable_prefix_caching: bool = True,
+                 skip_tokenizer_init: bool = False,
                  device: str = "auto", attention_backend: str | None = None, dequantize_weights: bool = False,
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, enforce_eager: bool = False,
                  show_progress: bool = True):
@@ -35,7 +40,11 @@ class LLM:
                                      max_model_len=max_model_len, skip_tokenizer_init=skip_tokenizer_init),
             load_config=LoadConfig(dequantize_weights=dequantize_weights, show_progress=show_progress),
             device_config=DeviceConfig(device=device, attention_backend=attention_backend),
-            scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs),
+            scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
+            cache_config=CacheConfig(block_size=block_size, kv_cache_dtype=kv_cache_dtype,
+                                     kv_cache_memory_bytes=kv_cache_memory_bytes,
+                                     gpu_memory_utilization=gpu_memory_utilization,
+                                     enable_prefix_caching=enable_prefix_caching),
         )
         self.llm_engine = LLMEngine(config)
         self._ids = itertools.count()

@@ -17,11 +17,11 @@ class TorchAttentionBackend(AttentionBackend):
     def unsupported_reason(cls, device: torch.device) -> str | None:
         return None
 
-    def sparse_attention(self, q, kv, indices, sink, scale):
-        return sparse_attn_ref(q, kv, indices, sink, scale)
+    def sparse_attention(self, q, sources, sink, scale):
+        return sparse_attn_ref(q, sources, sink, scale)
 
-    def indexer_topk(self, q, weights, keys, positions, ratio, topk, softmax_scale):
-        return indexer_topk_ref(q, weights, keys, positions, ratio, topk, softmax_scale)
+    def indexer_topk(self, q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale):
+        return indexer_topk_ref(q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale)
 
     def compress_pool(self, kv, score):
         return compress_pool_ref(kv, score)

@@ -10,7 +10,6 @@ from typing import Callable
 import torch
 from torch import nn
 
-from vllm.attention.sparse_indices import visible_compressed_indices, window_indices
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.layernorm import RMSNorm, rms_normalize
 from vllm.model_executor.layers.linear import (
@@ -52,7 +51,7 @@ class DeepseekV4Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         ctx = get_forward_context()
-        cache, backend = ctx.kv_caches[self.layer_id], ctx.attn_backend
+        backend = ctx.attn_backend
         t = x.shape[0]
         cos, sin = self.rotary.cos_sin(positions)
         qr = self.q_norm(self.wq_a(x))  # [T, q_lora]
@@ -61,18 +60,19 @@ class DeepseekV4Attention(nn.Module):
         kv = apply_rope(self.kv_norm(self.wkv(x)), cos, sin)  # [T, d]
 
         # Order within a step (spec §3.8): window write -> compressor -> indexer -> attention.
-        pool, first_pos = cache.swa.extend(kv)
-        indices = window_indices(positions, first_pos, self.window)
+        caches, meta = ctx.kv_caches[self.layer_id], ctx.attn_metadata
+        caches.swa.write(kv, meta.swa_slots)
+        sources = [(caches.swa, meta.window_slots)]
         if self.compressor is not None:
-            entries = cache.compressed.extend(self.compressor(x, cache.compressor, backend))
+            cm = meta.compressed[(self.ratio, self.compressor.overlap)]
+            caches.compressed.write(self.compressor(x, positions, caches.state, cm, backend), cm.new_entry_slots)
             if self.indexer is not None:
-                chosen = self.indexer(x, qr, positions, cos, sin, cache, backend)
+                chosen = self.indexer(x, qr, positions, cos, sin, caches, cm, meta.query_req, backend)
             else:
-                chosen = visible_compressed_indices(positions, self.ratio, entries.shape[0])
-            chosen = torch.where(chosen >= 0, chosen + pool.shape[0], -1)
-            pool, indices = torch.cat([pool, entries]), torch.cat([indices, chosen], dim=1)
+                chosen = cm.visible_slots(meta.query_req)
+            sources.append((caches.compressed, chosen))
 
-        o = backend.sparse_attention(q, pool, indices, self.attn_sink, self.scale)  # [T, H, d]
+        o = backend.sparse_attention(q, sources, self.attn_sink, self.scale)  # [T, H, d]
         o = apply_rope(o, cos, sin, inverse=True)  # undo the rotation V carried on its rope dims
         o = self.wo_a(o.view(t, self.wo_a.groups, -1)).flatten(1)  # [T, G*R]
         return self.wo_b(o)

@@ -5,8 +5,9 @@ per-channel softmax(score)-weighted sum over its candidates:
 - plain (HCA): the `ratio` tokens of its window;
 - overlapping (CSA): the previous window's tokens on the first `d` channels plus its own
   window's tokens on the second `d` channels (2*ratio candidates; none before entry 0).
-Then RMSNorm and RoPE at the window's first position. Entries appear only when a window is
-complete; the incomplete tail and the overlap half are carried to the next chunk.
+Then RMSNorm and RoPE at the window's first position. Every token's [kv | score] row goes to the
+paged carry-over state, so an entry completes whenever its last token arrives, whatever the
+chunking; the state rows of an incomplete window (and, for CSA, the window before it) stay live.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vllm.attention.backend import AttentionBackend
-from vllm.core.kv_cache.contiguous import CompressorCarry
+from vllm.attention.metadata import CompressedMetadata
+from vllm.core.kv_cache.paged_rows import PagedRows
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ReplicatedLinear
 from vllm.model_executor.layers.rotary import RotaryEmbedding, apply_rope
@@ -34,36 +36,23 @@ class Compressor(nn.Module):
         self.norm = RMSNorm(dim, eps, dtype)
         self.rotary = rotary
 
-    def forward(self, x: torch.Tensor, carry: CompressorCarry, backend: AttentionBackend) -> torch.Tensor:
-        """x `[T, D]` (the next tokens of one sequence) -> newly completed entries `[n, dim]` in x.dtype."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, state: PagedRows, meta: CompressedMetadata,
+                backend: AttentionBackend) -> torch.Tensor:
+        """x `[T, D]` -> entries completed this step `[E, dim]` in x.dtype (order of meta's new entries)."""
         xf = x.float()
         kv = F.linear(xf, self.wkv.weight.float())  # [T, width] fp32, as the reference
-        score = F.linear(xf, self.wgate.weight.float())
-        if carry.pending_kv is not None:
-            kv, score = torch.cat([carry.pending_kv, kv]), torch.cat([carry.pending_score, score])
-        n = kv.shape[0] // self.ratio
-        used = n * self.ratio
-        carry.pending_kv, carry.pending_score = kv[used:], score[used:]
+        score = F.linear(xf, self.wgate.weight.float()) + self.ape[positions % self.ratio]
+        state.write(torch.cat([kv, score], dim=1), meta.state_slots)
+        n, width, d = meta.new_entry_slots.shape[0], kv.shape[1], self.dim
         if n == 0:
-            return x.new_zeros(0, self.dim)
-        kv = kv[:used].view(n, self.ratio, -1)  # [n, ratio, width]
-        score = score[:used].view(n, self.ratio, -1) + self.ape
-        if self.overlap:
-            kv, score = self._overlap_candidates(kv, score, carry)
-        pooled = backend.compress_pool(kv, score).to(x.dtype)  # [n, dim]
-        entries = self.norm(pooled)
-        positions = (carry.entries + torch.arange(n, device=x.device)) * self.ratio
-        carry.entries += n
-        cos, sin = self.rotary.cos_sin(positions)
+            return x.new_zeros(0, d)
+        win = state.gather(meta.new_window_slots)  # [E, ratio, 2*width]
+        kv, score = win[..., :width], win[..., width:]
+        if self.overlap:  # previous window's first half, then own window's second half
+            prev = state.gather(meta.new_prev_slots)
+            prev_score = prev[..., width:width + d].masked_fill((meta.new_prev_slots < 0)[..., None], float("-inf"))
+            kv = torch.cat([prev[..., :d], kv[..., d:]], dim=1)
+            score = torch.cat([prev_score, score[..., d:]], dim=1)
+        entries = self.norm(backend.compress_pool(kv, score).to(x.dtype))  # [E, dim]
+        cos, sin = self.rotary.cos_sin(meta.new_entry_positions)
         return apply_rope(entries, cos, sin)
-
-    def _overlap_candidates(self, kv: torch.Tensor, score: torch.Tensor, carry: CompressorCarry):
-        """[n, ratio, 2d] -> [n, 2*ratio, d]: previous window's first half, then own window's second half."""
-        d, n = self.dim, kv.shape[0]
-        prev_kv = kv.new_zeros(n, self.ratio, d)
-        prev_score = score.new_full((n, self.ratio, d), float("-inf"))
-        if carry.prev_kv is not None:
-            prev_kv[0], prev_score[0] = carry.prev_kv, carry.prev_score
-        prev_kv[1:], prev_score[1:] = kv[:-1, :, :d], score[:-1, :, :d]
-        carry.prev_kv, carry.prev_score = kv[-1, :, :d].clone(), score[-1, :, :d].clone()
-        return torch.cat([prev_kv, kv[..., d:]], dim=1), torch.cat([prev_score, score[..., d:]], dim=1)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from vllm.attention.backend import AttentionBackend
-from vllm.core.kv_cache.contiguous import LayerKVCache
+from vllm.attention.metadata import CompressedMetadata
+from vllm.core.kv_cache.paged_rows import LayerCaches
 from vllm.model_executor.layers.linear import ReplicatedLinear
 from vllm.model_executor.layers.quantization.methods import LinearMethod
 from vllm.model_executor.layers.rotary import RotaryEmbedding, apply_rope
@@ -27,9 +28,12 @@ class Indexer(nn.Module):
         self.compressor = Compressor(hidden, head_dim, ratio, True, rotary, eps, dtype)
 
     def forward(self, x: torch.Tensor, qr: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-                sin: torch.Tensor, cache: LayerKVCache, backend: AttentionBackend) -> torch.Tensor:
-        """-> `[T, k]` compressed entry ids (-1 = none); also extends the cached indexer keys."""
-        keys = cache.index_keys.extend(self.compressor(x, cache.index_compressor, backend))
+                sin: torch.Tensor, caches: LayerCaches, meta: CompressedMetadata, query_req: torch.Tensor,
+                backend: AttentionBackend) -> torch.Tensor:
+        """-> `[T, k]` compressed-entry slots each query reads (-1 = none); also writes the new keys."""
+        caches.index_keys.write(self.compressor(x, positions, caches.index_state, meta, backend),
+                                meta.new_entry_slots)
         q = apply_rope(self.wq_b(qr).view(-1, self.n_heads, self.head_dim), cos, sin)  # [T, Hi, dh]
         weights = self.weights_proj(x).float() * self.n_heads**-0.5
-        return backend.indexer_topk(q, weights, keys, positions, self.ratio, self.topk, self.head_dim**-0.5)
+        return backend.indexer_topk(q, weights, caches.index_keys, meta.entry_slots, query_req, meta.num_visible,
+                                    self.topk, self.head_dim**-0.5)

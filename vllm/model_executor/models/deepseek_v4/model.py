@@ -7,12 +7,15 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vllm.config.cache import CacheConfig
+from vllm.core.kv_cache.specs import KVCacheGroupSpec
 from vllm.model_executor.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ReplicatedLinear
 from vllm.model_executor.layers.quantization.methods import LinearMethod, get_linear_method
 from vllm.model_executor.models.deepseek_v4.attention import DeepseekV4Attention
-from vllm.model_executor.models.deepseek_v4.config import CSA, SLIDING, DeepseekV4Config
+from vllm.model_executor.models.deepseek_v4.config import SLIDING, DeepseekV4Config
+from vllm.model_executor.models.deepseek_v4.kv_spec import kv_cache_groups
 from vllm.model_executor.models.deepseek_v4.mhc import HyperConnection, HyperHead, hc_post
 from vllm.model_executor.models.deepseek_v4.moe import DeepseekV4MoE
 
@@ -55,7 +58,7 @@ class DeepseekV4ForCausalLM(nn.Module):
     def __init__(self, cfg: DeepseekV4Config, dtype: torch.dtype, dequantized: bool = False):
         """`dequantized`: build plain weights (the loader dequantizes FP8/MXFP4 checkpoint tensors)."""
         super().__init__()
-        self.config = cfg
+        self.config, self.dtype = cfg, dtype
         q = None if dequantized else cfg.quant
         dense = lambda: get_linear_method("fp8" if q else None, q.weight_block if q else (128, 128))  # noqa: E731
         expert = lambda: get_linear_method(q.expert_dtype if q else None,  # noqa: E731
@@ -73,12 +76,12 @@ class DeepseekV4ForCausalLM(nn.Module):
         self.mtp = nn.ModuleList(DeepseekV4MTPBlock(cfg, cfg.num_layers + i, dtype, dense, expert)
                                  for i in range(cfg.num_nextn_predict_layers))
 
-    def cache_layout(self) -> list[tuple[bool, bool]]:
-        """Per main layer: (has compressor, has indexer) — what its KV cache must hold."""
-        return [(r > 0, t == CSA) for t, r in zip(self.config.layer_types, self.config.compress_ratios)]
+    def kv_cache_groups(self, cache_config: CacheConfig) -> list[KVCacheGroupSpec]:
+        """The paged caches the main layers need (MTP layers join them with speculative decoding)."""
+        return kv_cache_groups(self.config, cache_config, self.dtype)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """input_ids, positions `[T]` (one sequence's next tokens) -> final hidden `[T, D]`."""
+        """input_ids, positions `[T]` (the step's tokens of all requests, flattened) -> final hidden `[T, D]`."""
         h = self.embed(input_ids)
         streams = h.unsqueeze(1).expand(-1, self.config.hc_mult, -1).contiguous()  # [T, hc, D]
         for layer in self.layers:
