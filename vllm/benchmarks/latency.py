@@ -24,6 +24,7 @@ def main(args: argparse.Namespace) -> dict:
     params = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=args.output_len)
 
     def run() -> float:
+        llm.reset_prefix_cache()  # every iteration prefills for real
         start = time.perf_counter()
         llm.generate(prompts, params, use_tqdm=False)
         return time.perf_counter() - start

@@ -29,6 +29,8 @@ def main(args: argparse.Namespace) -> dict:
     print(f"Total num output tokens:  {n_out}")
     results = {"elapsed_time": elapsed, "num_requests": len(outs), "total_num_tokens": n_in + n_out,
                "requests_per_second": len(outs) / elapsed, "tokens_per_second": (n_in + n_out) / elapsed,
-               "output_tokens_per_second": n_out / elapsed, "max_num_seqs": args.max_num_seqs}
+               "output_tokens_per_second": n_out / elapsed, "max_num_seqs": args.max_num_seqs,
+               "max_num_batched_tokens": args.max_num_batched_tokens, "input_len": args.input_len,
+               "output_len": args.output_len, "num_preemptions": llm.llm_engine.scheduler.num_preemptions}
     write_json(args.output_json, results)
     return results

@@ -49,6 +49,10 @@ class LLM:
         self.llm_engine = LLMEngine(config)
         self._ids = itertools.count()
 
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (blocks in use stay)."""
+        self.llm_engine.kv_cache_manager.reset_prefix_cache()
+
     def get_tokenizer(self):
         return self.llm_engine.tokenizer
 
