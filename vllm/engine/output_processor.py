@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vllm.engine.detokenizer import IncrementalDetokenizer
 from vllm.engine.request import Request
 from vllm.outputs import CompletionOutput, Logprob, RequestOutput
 from vllm.tokenizers.hf_tokenizer import Tokenizer
@@ -39,18 +40,26 @@ class OutputProcessor:
             req.logprobs = (req.logprobs or []) + [self._logprob_dict(tok.token_id, tok.logprob, tok.rank, tok.top)]
         n_out = len(req.output_token_ids)
         if self.tokenizer is not None:
-            req.text = self.tokenizer.decode(req.output_token_ids, skip_special_tokens=p.skip_special_tokens)
+            if req.detokenizer is None:
+                req.detokenizer = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens)
+            req.text = req.detokenizer.add(tok.token_id)
         if n_out >= p.min_tokens:
             if not p.ignore_eos and tok.token_id in req.eos_token_ids:
-                return "stop", None
+                return self._finish_text(req, "stop", None)
             if tok.token_id in p.stop_token_ids:
-                return "stop", tok.token_id
+                return self._finish_text(req, "stop", tok.token_id)
             hit = self._stop_string(req)
             if hit is not None:
                 return "stop", hit
         if n_out >= req.max_tokens:
-            return "length", None
+            return self._finish_text(req, "length", None)
         return None
+
+    @staticmethod
+    def _finish_text(req: Request, reason: str, stop_reason: int | None) -> tuple[str, int | None]:
+        if req.detokenizer is not None:
+            req.text = req.detokenizer.flush()
+        return reason, stop_reason
 
     def _stop_string(self, req: Request) -> str | None:
         p = req.sampling_params

@@ -44,6 +44,8 @@ class Request:
     num_cached_tokens: int = 0
     """Prompt tokens taken from the prefix cache when the request was first scheduled."""
     text: str = ""
+    detokenizer: object | None = None
+    """IncrementalDetokenizer of the output (created on the first token when there is a tokenizer)."""
     finish_reason: str | None = None
     stop_reason: int | str | None = None
 
