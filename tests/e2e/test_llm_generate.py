@@ -112,3 +112,18 @@ def test_top_k_one_equals_greedy(llm):
     assert _gen(llm, "Hello", temperature=0.8, top_k=1, seed=3, max_tokens=6)[0].outputs[0].token_ids == g
     assert _gen(llm, "Hello", temperature=0.8, top_p=1e-6, seed=3, max_tokens=6)[0].outputs[0].token_ids == g
     assert _gen(llm, "Hello", temperature=0.8, min_p=1.0, seed=3, max_tokens=6)[0].outputs[0].token_ids == g
+
+
+def test_chat_renders_deepseek_v4_prompt_and_generates(llm):
+    from vllm.tokenizers.deepseek_v4_encoding import BOS
+
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    out = llm.chat(msgs, SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)[0]
+    assert out.prompt == f"{BOS}Be brief.<｜User｜>Hello<｜Assistant｜></think>"
+    tok = llm.get_tokenizer()
+    assert out.prompt_token_ids[0] == tok.token_to_id(BOS)
+    assert tok.token_to_id("<｜User｜>") in out.prompt_token_ids and tok.token_to_id("</think>") == out.prompt_token_ids[-1]
+    assert len(out.outputs[0].token_ids) == 4
+    two = llm.chat([msgs, [{"role": "user", "content": "Hi"}]], SamplingParams(temperature=0, max_tokens=2),
+                   use_tqdm=False, chat_template_kwargs={"thinking": True})
+    assert len(two) == 2 and two[1].prompt.endswith("<｜Assistant｜><think>")

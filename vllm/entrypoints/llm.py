@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from vllm.config import CacheConfig, DeviceConfig, LoadConfig, ModelConfig, SchedulerConfig, VllmConfig
 from vllm.engine.llm_engine import LLMEngine
+from vllm.entrypoints.chat_utils import render_chat
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import SamplingParams
 
@@ -48,6 +49,22 @@ class LLM:
         )
         self.llm_engine = LLMEngine(config)
         self._ids = itertools.count()
+
+    def chat(self, messages: list[dict] | list[list[dict]],
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, use_tqdm: bool = True,
+             tools: list[dict] | None = None, chat_template_kwargs: dict | None = None,
+             reasoning_effort: str | None = None, add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of messages) or several, rendered with
+        DeepSeek V4's chat encoding (`chat_template_kwargs={"thinking": True}` for thinking mode)."""
+        tok = self.llm_engine.tokenizer
+        if tok is None:
+            raise ValueError("LLM.chat needs a tokenizer; it is unavailable with skip_tokenizer_init=True")
+        convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = []
+        for conv in convs:
+            r = render_chat(tok, conv, tools, chat_template_kwargs, reasoning_effort, add_generation_prompt)
+            prompts.append({"prompt": r.prompt, "prompt_token_ids": r.prompt_token_ids})
+        return self.generate(prompts, sampling_params, use_tqdm)
 
     def reset_prefix_cache(self) -> None:
         """Forget cached prefixes (blocks in use stay)."""
