@@ -32,22 +32,26 @@ class OutputProcessor:
                 req.prompt_logprobs.append(self._logprob_dict(*row))
 
     def append_token(self, req: Request, tok: SampledToken) -> tuple[str, int | str | None] | None:
-        """Record a sampled token; -> (finish_reason, stop_reason) if the request is now done."""
+        """Record a sampled token; -> (finish_reason, stop_reason) if the request is now done.
+
+        A stop token (EOS or a stop_token_id) ends the output without adding its text, as in vLLM."""
         p = req.sampling_params
         req.output_token_ids.append(tok.token_id)
         req.cumulative_logprob += tok.logprob
         if p.logprobs is not None:
-            req.logprobs = (req.logprobs or []) + [self._logprob_dict(tok.token_id, tok.logprob, tok.rank, tok.top)]
+            req.logprobs = req.logprobs or []
+            req.logprobs.append(self._logprob_dict(tok.token_id, tok.logprob, tok.rank, tok.top))
         n_out = len(req.output_token_ids)
+        may_stop = n_out >= p.min_tokens
+        if may_stop and not p.ignore_eos and tok.token_id in req.eos_token_ids:
+            return self._finish_text(req, "stop", None)
+        if may_stop and tok.token_id in p.stop_token_ids:
+            return self._finish_text(req, "stop", tok.token_id)
         if self.tokenizer is not None:
             if req.detokenizer is None:
                 req.detokenizer = IncrementalDetokenizer(self.tokenizer, p.skip_special_tokens)
             req.text = req.detokenizer.add(tok.token_id)
-        if n_out >= p.min_tokens:
-            if not p.ignore_eos and tok.token_id in req.eos_token_ids:
-                return self._finish_text(req, "stop", None)
-            if tok.token_id in p.stop_token_ids:
-                return self._finish_text(req, "stop", tok.token_id)
+        if may_stop:
             hit = self._stop_string(req)
             if hit is not None:
                 return "stop", hit

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto")
     gen.add_argument("--attention-backend", default=None)
     gen.set_defaults(func=_generate)
+    from vllm.entrypoints.openai.cli_serve import add_serve_args, run_serve
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    add_serve_args(serve)
+    serve.set_defaults(func=run_serve)
     _add_bench(sub)
     return parser
 
