@@ -30,13 +30,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(checkpoint_factory):
-    path = checkpoint_factory(TinyModelSpec(naming="hub"))
-    config = VllmConfig(model_config=ModelConfig(model=path, dtype="float32", max_model_len=1024),
-                        scheduler_config=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=128),
-                        cache_config=CacheConfig(block_size=16))
-    llm = AsyncLLM(config)
+def _start(llm):
     app = build_app(llm, ServingOptions(NAME, 1024, "deepseek_v4", "deepseek_v4", True), api_key=KEY)
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -44,7 +38,18 @@ def server(checkpoint_factory):
     t.start()
     while not srv.started:
         time.sleep(0.02)
-    yield llm, f"http://127.0.0.1:{port}"
+    return srv, t, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint_factory):
+    path = checkpoint_factory(TinyModelSpec(naming="hub"))
+    config = VllmConfig(model_config=ModelConfig(model=path, dtype="float32", max_model_len=1024),
+                        scheduler_config=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=128),
+                        cache_config=CacheConfig(block_size=16))
+    llm = AsyncLLM(config)
+    srv, t, base = _start(llm)
+    yield llm, base
     srv.should_exit = True
     t.join(5)
     llm.shutdown()
@@ -232,3 +237,41 @@ def test_vllm_serve_builtin_model_and_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("backend", ["openai", "openai-chat"])
+def test_bench_serve_against_our_server(server, backend, capsys, tmp_path):
+    from vllm.entrypoints.cli import main
+
+    out = tmp_path / "r.json"
+    rc = main(["bench", "serve", "--backend", backend, "--base-url", server[1], "--api-key", KEY, "--num-prompts", "6",
+               "--random-input-len", "16", "--random-output-len", "5", "--max-concurrency", "3", "--ignore-eos",
+               "--result-filename", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["failed"] == 0 and res["completed"] == 6 and res["total_output_tokens"] == 30, res["errors"]
+    for label in ("Successful requests:", "Failed requests:", "Request throughput", "Output token throughput",
+                  "Total Token throughput", "Mean TTFT", "Median TTFT", "P99 TTFT", "Mean TPOT", "P99 ITL",
+                  "Mean E2EL"):
+        assert label in printed
+
+
+def test_engine_failure_gives_500_and_health_503(checkpoint_factory, monkeypatch):
+    llm = AsyncLLM(VllmConfig(model_config=ModelConfig(model=checkpoint_factory(TinyModelSpec(naming="hub")),
+                                                       dtype="float32", max_model_len=256),
+                              scheduler_config=SchedulerConfig(max_num_seqs=4),
+                              cache_config=CacheConfig(block_size=16)))
+    srv, t, base = _start(llm)
+    try:
+        def boom(sched):
+            raise RuntimeError("device lost")
+        monkeypatch.setattr(llm.engine.runner, "execute", boom)
+        c = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+        with pytest.raises(openai.InternalServerError, match="device lost"):
+            c.completions.create(model=NAME, prompt="x", max_tokens=2)
+        assert httpx.get(base + "/health").status_code == 503
+    finally:
+        srv.should_exit = True
+        t.join(5)
+        llm.shutdown()

@@ -49,10 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench(sub) -> None:
-    from vllm.benchmarks import latency, throughput
+    from vllm.benchmarks import latency, serve, throughput
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    for name, mod in (("latency", latency), ("throughput", throughput)):
+    for name, mod in (("latency", latency), ("throughput", throughput), ("serve", serve)):
         p = bench.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
         mod.add_cli_args(p)
         p.set_defaults(func=_bench_runner(mod.main))
