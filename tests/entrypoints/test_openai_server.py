@@ -198,7 +198,8 @@ def test_tokenize_detokenize_version_metrics(server):
     m = httpx.get(base + "/metrics", headers=h).text
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                  "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
-                 "vllm:time_per_output_token_seconds_count", "vllm:e2e_request_latency_seconds_sum"):
+                 "vllm:time_per_output_token_seconds_count", "vllm:e2e_request_latency_seconds_sum",
+                 "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"):
         assert name in m
     gen = [line for line in m.splitlines() if line.startswith("vllm:generation_tokens_total")]
     assert float(gen[0].split()[-1]) > 0

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -34,7 +35,8 @@ class EngineStats:
 
     prompt_tokens: int = 0
     generation_tokens: int = 0
-    finished: dict[str, int] = field(default_factory=dict)
+    finished: Counter = field(default_factory=Counter)
+    """Finished completions by finish reason."""
     ttft: list[float] = field(default_factory=list)
     tpot: list[float] = field(default_factory=list)
     e2e: list[float] = field(default_factory=list)
@@ -103,9 +105,7 @@ class AsyncLLM:
             self.stats.e2e.append(now - s.start)
             if s.tokens > 1 and s.first_token is not None:
                 self.stats.tpot.append((now - s.first_token) / (s.tokens - 1))
-            for c in out.outputs:
-                self.stats.finished[c.finish_reason or "abort"] = self.stats.finished.get(c.finish_reason or "abort",
-                                                                                          0) + 1
+            self.stats.finished.update(c.finish_reason or "abort" for c in out.outputs)
 
     # -- requests --------------------------------------------------------------------------------
     async def generate(self, prompt: str | dict, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:

@@ -111,8 +111,10 @@ class ModelRunner:
         rows, spans, offset = [], [], 0  # which hidden rows need logits, and each request's slice of them
         for s in sched.scheduled:
             n = len(s.token_ids)
-            wanted = range(n) if self._wants_prompt_logprobs(s) else range(n - 1, n) if s.completes_sequence \
-                else range(0)
+            if self._wants_prompt_logprobs(s):
+                wanted = range(n)
+            else:
+                wanted = range(n - 1, n) if s.completes_sequence else range(0)
             spans.append((len(rows), len(wanted)))
             rows.extend(offset + i for i in wanted)
             offset += n

@@ -25,7 +25,6 @@ class KVCachePlan:
     """Tokens of full-history cache (what `GPU KV cache size` reports)."""
     max_concurrency: float
     """Sequences of max_model_len that fit at once."""
-    bytes_total: int
 
 
 def _ceil(a: int, b: int) -> int:
@@ -72,7 +71,7 @@ def plan_kv_cache(groups: list[KVCacheGroupSpec], budget: int, block_size: int, 
     total = sum(n * g.block_bytes for n, g in zip(num_blocks, groups))
     per_seq = blocks_per_seq * full_block_bytes + sum(g.live_blocks_per_seq() * g.block_bytes for g in windowed)
     concurrency = min(max_num_seqs, (total / per_seq) if per_seq else max_num_seqs)
-    plan = KVCachePlan(num_blocks, n_full * block_size, concurrency, total)
+    plan = KVCachePlan(num_blocks, n_full * block_size, concurrency)
     logger.info("KV cache: %d bytes in %s; KV cache size: %d tokens; maximum concurrency for %d tokens per "
                 "request: %.2fx", total,
                 ", ".join(f"{g.name}={n} blocks" for g, n in zip(groups, num_blocks)),

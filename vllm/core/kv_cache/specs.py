@@ -67,7 +67,7 @@ class LayerTensorSpec:
     def block_bytes(self) -> int:
         if self.fp8_layout is not None:
             return self.fp8_layout.page_bytes
-        return self.rows_per_block * self.width * torch.empty(0, dtype=self.dtype).element_size()
+        return self.rows_per_block * self.width * self.dtype.itemsize
 
 
 @dataclass(frozen=True)

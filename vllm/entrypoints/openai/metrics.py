@@ -33,6 +33,12 @@ def render_metrics(llm: AsyncLLM, model_name: str) -> str:
         "# TYPE vllm:prompt_tokens_total counter", f"vllm:prompt_tokens_total{{{labels}}} {s.prompt_tokens}",
         "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
         "# TYPE vllm:generation_tokens_total counter", f"vllm:generation_tokens_total{{{labels}}} {s.generation_tokens}",
+        "# HELP vllm:prefix_cache_queries_total Prefix cache queries, in terms of number of queried tokens.",
+        "# TYPE vllm:prefix_cache_queries_total counter",
+        f"vllm:prefix_cache_queries_total{{{labels}}} {llm.engine.kv_cache_manager.prefix_queries}",
+        "# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.",
+        "# TYPE vllm:prefix_cache_hits_total counter",
+        f"vllm:prefix_cache_hits_total{{{labels}}} {llm.engine.kv_cache_manager.prefix_hits}",
         "# HELP vllm:request_success_total Count of finished requests by finish reason.",
         "# TYPE vllm:request_success_total counter",
     ]
