@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 
-def partial_marker_suffix(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of one of `markers` (it
-    must be held back: the next delta may complete the marker)."""
-    best = 0
+def emittable_prefix(text: str, markers: tuple[str, ...]) -> int:
+    """Length of the prefix of `text` that is safe to emit: what is held back is the longest
+    suffix that is a proper prefix of a marker (the next delta may complete it) and the newlines
+    before it (they may be the blank line that precedes a DSML tool block)."""
+    held = 0
     for m in markers:
-        for k in range(min(len(m) - 1, len(text)), best, -1):
+        for k in range(min(len(m) - 1, len(text)), held, -1):
             if text.endswith(m[:k]):
-                best = k
+                held = k
                 break
-    return best
+    return len(text[:len(text) - held].rstrip("\n"))

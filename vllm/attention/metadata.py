@@ -90,12 +90,12 @@ def build_attention_metadata(entries: list[BatchEntry], groups: list[KVCacheGrou
         positions=positions, query_req=query_req,
         swa_slots=_slots(swa, query_req, positions, block_size),
         window_slots=_slots(swa, query_req[:, None], positions[:, None] - back[None, :], block_size))
+    comp = _table(entries, names["compressed"], device) if "compressed" in names else None
     for gi, g in enumerate(groups):
         if isinstance(g.lookback, CompressorLookback):
             lb = g.lookback
             meta.compressed[(lb.ratio, lb.overlap)] = _compressed_metadata(
-                entries, lb.ratio, _table(entries, gi, device), _table(entries, names["compressed"], device),
-                block_size, positions, query_req, device)
+                entries, lb.ratio, _table(entries, gi, device), comp, block_size, positions, query_req, device)
     return meta
 
 

@@ -9,7 +9,7 @@ so any split of the text into deltas yields the same result as parsing it whole.
 
 from __future__ import annotations
 
-from vllm.text_stream import partial_marker_suffix
+from vllm.text_stream import emittable_prefix
 from vllm.tokenizers.deepseek_v4_encoding import END_THINK, THINK, TOOL_CALLS_START
 
 _ENDS = (END_THINK, TOOL_CALLS_START)
@@ -59,8 +59,7 @@ class DeepseekV4ReasoningParser:
             reasoning, content = self._buf[:end[0]], self._buf[end[1]:]
             self._buf, self._in_reasoning = "", False
             return reasoning, content
-        keep = len(self._buf) - partial_marker_suffix(self._buf, _ENDS)
-        keep = len(self._buf[:keep].rstrip("\n"))  # newlines may be the blank line before a tool block
+        keep = emittable_prefix(self._buf, _ENDS)
         out, self._buf = self._buf[:keep], self._buf[keep:]
         return out, ""
 

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm.text_stream import partial_marker_suffix
+from vllm.text_stream import emittable_prefix
 from vllm.tokenizers.deepseek_v4_encoding import DSML, TOOL_CALLS_END, TOOL_CALLS_START
 
 _INVOKE = re.compile(rf'<{DSML}invoke name="(.*?)">(.*?)</{DSML}invoke>', re.S)
@@ -92,8 +92,7 @@ class DeepseekV4ToolParser:
         if self._phase == "content":
             at = self._buf.find(TOOL_CALLS_START)
             if at < 0:
-                keep = len(self._buf) - partial_marker_suffix(self._buf, (TOOL_CALLS_START,))
-                keep = len(self._buf[:keep].rstrip("\n"))  # the blank line before a block is markup
+                keep = emittable_prefix(self._buf, (TOOL_CALLS_START,))
                 content, self._buf = self._buf[:keep], self._buf[keep:]
                 return content, calls
             content = self._buf[:at].rstrip("\n")

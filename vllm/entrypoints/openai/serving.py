@@ -215,11 +215,11 @@ class OpenAIServing:
             await gen.aclose()
         choices, n_out = [], 0
         for c in out.outputs:
-            reasoning, content = (DeepseekV4ReasoningParser.extract(c.text, rendered.thinking) if split
-                                  else (None, c.text))
-            calls = []
-            if tools:
-                content, calls = DeepseekV4ToolParser(req.tools).extract(content)
+            parser = _ChatOutputParser(rendered.thinking, split, req.tools if tools else None)
+            r1, content, calls = parser.feed(c.text)
+            r2, c2, calls2 = parser.finish()
+            reasoning = r1 + r2 if split and rendered.thinking else None
+            content, calls = content + c2, calls + calls2
             msg = {"role": "assistant", "content": content if content or not calls else None,
                    "reasoning_content": reasoning,
                    "tool_calls": [{"id": k.id, "type": "function", "function": {"name": k.name,
@@ -246,50 +246,30 @@ class OpenAIServing:
         return {"content": content}
 
     async def _stream_chat(self, req, rid, gen, thinking, split, tools, prompt_len) -> AsyncIterator[str]:
-        created = int(time.time())
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.opts.model_name}
-        state: dict[int, dict] = {}
+        base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": self.opts.model_name}
+        streams: dict[int, _ChoiceStream] = {}
         n_out = 0
         try:
             async for out in gen:
                 for c in out.outputs:
-                    st = state.get(c.index)
+                    st = streams.get(c.index)
                     if st is None:
-                        st = state[c.index] = {"sent": 0, "toks": 0, "calls": 0,
-                                               "rp": DeepseekV4ReasoningParser(thinking) if split else None,
-                                               "tp": DeepseekV4ToolParser(req.tools) if tools else None}
+                        st = streams[c.index] = _ChoiceStream(_ChatOutputParser(thinking, split, req.tools if tools
+                                                                                else None))
                         yield sse({**base, "choices": [{"index": c.index, "delta": {"role": "assistant", "content": ""},
                                                         "logprobs": None, "finish_reason": None}]})
-                    delta_text, st["sent"] = c.text[st["sent"]:], len(c.text)
-                    parts = [(delta_text, False)] + ([("", True)] if c.finish_reason else [])
-                    for text, final in parts:
-                        reasoning, content = (st["rp"].finish() if final else st["rp"].feed(text)) if st["rp"] \
-                            else ("", text)
-                        calls = []
-                        if st["tp"] is not None:
-                            content, calls = st["tp"].feed(content)
-                            if final:
-                                c2, calls2 = st["tp"].finish()
-                                content, calls = content + c2, calls + calls2
-                        delta = {}
-                        if reasoning:
-                            delta["reasoning_content"] = reasoning
-                        if content:
-                            delta["content"] = content
-                        if calls:
-                            delta["tool_calls"] = [{"index": st["calls"] + k, "id": t.id, "type": "function",
-                                                    "function": {"name": t.name, "arguments": t.arguments}}
-                                                   for k, t in enumerate(calls)]
-                            st["calls"] += len(calls)
-                        lp = self._chat_logprobs(c, req, st["toks"]) if not final else None
-                        if final:
-                            finish = "tool_calls" if st["calls"] else c.finish_reason
-                        if delta or lp or final:
-                            yield sse({**base, "choices": [{"index": c.index, "delta": delta, "logprobs": lp,
-                                                            "finish_reason": finish if final else None}]})
-                    st["toks"] = len(c.token_ids)
+                    delta = st.delta(c.text)
+                    lp = self._chat_logprobs(c, req, st.tokens_sent)
+                    st.tokens_sent = len(c.token_ids)
+                    if delta or lp:
+                        yield sse({**base, "choices": [{"index": c.index, "delta": delta, "logprobs": lp,
+                                                        "finish_reason": None}]})
                     if c.finish_reason:
                         n_out += len(c.token_ids)
+                        final, reason = st.finish(c.finish_reason)
+                        yield sse({**base, "choices": [{"index": c.index, "delta": final, "logprobs": None,
+                                                        "finish_reason": reason}]})
             if req.stream_options and req.stream_options.include_usage:
                 yield sse({**base, "choices": [], "usage": _usage(prompt_len, n_out)})
             yield "data: [DONE]\n\n"
@@ -297,3 +277,58 @@ class OpenAIServing:
             yield sse(OpenAIError(f"internal error: {e}", 500, "InternalServerError").body())
         finally:
             await gen.aclose()
+
+
+class _ChatOutputParser:
+    """Generated text -> (reasoning, content, tool calls), incrementally: the reasoning parser
+    (when enabled) feeds the tool parser (when tools are in play)."""
+
+    def __init__(self, thinking: bool, split_reasoning: bool, tools: list[dict] | None):
+        self.reasoning = DeepseekV4ReasoningParser(thinking) if split_reasoning else None
+        self.tools = DeepseekV4ToolParser(tools) if tools else None
+
+    def _tools(self, reasoning: str, content: str, final: bool):
+        if self.tools is None:
+            return reasoning, content, []
+        content, calls = self.tools.feed(content)
+        if final:
+            c2, calls2 = self.tools.finish()
+            content, calls = content + c2, calls + calls2
+        return reasoning, content, calls
+
+    def feed(self, text: str):
+        reasoning, content = self.reasoning.feed(text) if self.reasoning else ("", text)
+        return self._tools(reasoning, content, final=False)
+
+    def finish(self):
+        reasoning, content = self.reasoning.finish() if self.reasoning else ("", "")
+        return self._tools(reasoning, content, final=True)
+
+
+class _ChoiceStream:
+    """One streamed chat choice: turns cumulative text into OpenAI delta dicts."""
+
+    def __init__(self, parser: _ChatOutputParser):
+        self.parser = parser
+        self.chars_sent = self.tokens_sent = self.num_calls = 0
+
+    def _delta(self, reasoning: str, content: str, calls) -> dict:
+        delta = {}
+        if reasoning:
+            delta["reasoning_content"] = reasoning
+        if content:
+            delta["content"] = content
+        if calls:
+            delta["tool_calls"] = [{"index": self.num_calls + k, "id": t.id, "type": "function",
+                                    "function": {"name": t.name, "arguments": t.arguments}}
+                                   for k, t in enumerate(calls)]
+            self.num_calls += len(calls)
+        return delta
+
+    def delta(self, text: str) -> dict:
+        new, self.chars_sent = text[self.chars_sent:], len(text)
+        return self._delta(*self.parser.feed(new))
+
+    def finish(self, finish_reason: str) -> tuple[dict, str]:
+        delta = self._delta(*self.parser.finish())
+        return delta, "tool_calls" if self.num_calls else finish_reason
