@@ -42,3 +42,5 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: dict = field(default_factory=dict)
+    error: str | None = None
+    """Set when a completion failed (its finish_reason is "error"); the engine serves the others."""

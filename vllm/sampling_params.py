@@ -29,6 +29,8 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    logits_processors: list | None = None
+    """Per-request `(output_token_ids, logits) -> logits` callables (vllm.logits_processors)."""
     stop_strings: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -60,6 +62,9 @@ class SamplingParams:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 0):
                 raise bad(name, "must be a non-negative integer", v)
+        if any(not callable(f) for f in self.logits_processors or ()):
+            raise bad("logits_processors", "must be a list of callables (output_token_ids, logits) -> logits",
+                      self.logits_processors)
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad("seed", "must be an integer", self.seed)
         if any(not isinstance(s, str) or not s for s in self.stop_strings):

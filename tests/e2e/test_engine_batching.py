@@ -176,3 +176,37 @@ def test_fp8_kv_cache_logits_close_to_auto(path):
     cos = torch.nn.functional.cosine_similarity(auto, fp8, dim=-1)
     assert cos.mean() >= 0.98 and cos.median() >= 0.995
     assert not torch.equal(auto, fp8)  # the fp8 path really quantizes
+
+
+def test_one_request_failing_does_not_stop_the_others(path, alone, monkeypatch):
+    """A sampling failure and non-finite logits each fail only their own request (finish_reason
+    "error", message in RequestOutput.error); the batch-mates finish with their usual tokens."""
+    llm = LLM(path, dtype="float32", block_size=BLOCK, max_model_len=MAX_LEN, max_num_seqs=MAX_SEQS,
+              show_progress=False)
+    runner = llm.llm_engine.runner
+    real_sample, real_logits = runner.sampler.sample, runner.model.compute_logits
+
+    def sample(logits, params, generator, banned=None):
+        if params.seed == 13:
+            raise RuntimeError("sampler exploded")
+        return real_sample(logits, params, generator, banned)
+
+    def compute_logits(hidden):  # poison the last row of each step that has >= 3 rows
+        out = real_logits(hidden)
+        if out.shape[0] >= 3:
+            out[-1] = float("nan")
+        return out
+
+    prompts = _prompts(36)[:3]
+    monkeypatch.setattr(runner.sampler, "sample", sample)
+    bad = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, seed=13)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], [GREEDY, bad, GREEDY], use_tqdm=False)
+    assert outs[1].outputs[0].finish_reason == "error" and "sampler exploded" in outs[1].error
+    assert [outs[0].outputs[0].token_ids, outs[2].outputs[0].token_ids] == [alone[tuple(prompts[0])],
+                                                                            alone[tuple(prompts[2])]]
+    monkeypatch.setattr(runner.sampler, "sample", real_sample)
+    monkeypatch.setattr(runner.model, "compute_logits", compute_logits)
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], GREEDY, use_tqdm=False)
+    assert outs[2].outputs[0].finish_reason == "error" and "non-finite logits" in outs[2].error
+    assert all(o.error is None and o.outputs[0].finish_reason == "length" for o in outs[:2])
+    assert llm.llm_engine.kv_cache_manager.all_blocks_free()

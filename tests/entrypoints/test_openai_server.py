@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -155,6 +156,50 @@ def test_tool_call_round_trip_through_the_server(server, client, monkeypatch):
     assert r.choices[0].finish_reason in ("length", "stop")
 
 
+@pytest.mark.parametrize("thinking", [False, True])
+def test_tool_choice_required_and_named_force_a_call(server, client, monkeypatch, thinking):
+    """A random model never calls tools by itself: "required" and a named choice force its output to
+    open a DSML tool-call block (after the reasoning in thinking mode). A scripted sampler that obeys
+    the forcing and then closes the block shows the server returns it as the call."""
+    llm = server[0]
+    tok = llm.tokenizer
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object", "properties": {}}}}
+             for n in ("get_weather", "get_time")]
+    msgs = [{"role": "user", "content": "Weather in Paris?"}]
+    kw = dict(model=NAME, messages=msgs, tools=tools, temperature=0,
+              extra_body={"chat_template_kwargs": {"thinking": thinking}})
+    opening = '\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name="'
+    named = {"type": "function", "function": {"name": "get_time"}}
+
+    if not thinking:  # (the random model does not end its reasoning within a short output)
+        r = client.chat.completions.create(tool_choice=named, max_tokens=60, logprobs=True, **kw)
+        assert "".join(t.token for t in r.choices[0].logprobs.content).startswith(opening + 'get_time">\n')
+
+    sampler = llm.engine.runner.sampler
+    real = sampler.sample
+    for choice, script_text, name in ((named, "", "get_time"), ("required", 'get_weather">\n', "get_weather")):
+        script = tok.encode(("Hmm.</think>" if thinking else "") + script_text
+                            + "</｜DSML｜invoke>\n</｜DSML｜tool_calls>", add_special_tokens=False) + [tok.eos_token_id]
+
+        def scripted(logits, params, generator, banned=None):
+            out = real(logits, params, generator, banned)
+            if torch.isfinite(logits).sum() == 1:  # forced by the tool-choice processor
+                return out
+            scripted.i += 1
+            return SampledToken(script[min(scripted.i - 1, len(script) - 1)], out.logprob, out.rank, out.top)
+        scripted.i = 0
+        monkeypatch.setattr(sampler, "sample", scripted)
+        r = client.chat.completions.create(tool_choice=choice, max_tokens=120, **kw)
+        monkeypatch.setattr(sampler, "sample", real)
+        calls = r.choices[0].message.tool_calls
+        assert [(c.function.name, c.function.arguments) for c in calls] == [(name, "{}")], r.choices[0]
+        assert r.choices[0].finish_reason == "tool_calls"
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        client.chat.completions.create(tool_choice={"type": "function", "function": {"name": "nope"}}, **kw)
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(model=NAME, messages=msgs, tool_choice="required", max_tokens=2)
+
+
 def test_errors_and_the_server_keeps_answering(server, client):
     base = server[1]
     with pytest.raises(openai.BadRequestError) as e:
@@ -256,6 +301,35 @@ def test_bench_serve_against_our_server(server, backend, capsys, tmp_path):
                   "Total Token throughput", "Mean TTFT", "Median TTFT", "P99 TTFT", "Mean TPOT", "P99 ITL",
                   "Mean E2EL"):
         assert label in printed
+
+
+def test_one_request_failing_gives_500_while_others_continue(server, client, monkeypatch):
+    llm, base = server
+    sampler = llm.engine.runner.sampler
+    real = sampler.sample
+
+    def sample(logits, params, generator, banned=None):
+        if params.seed == 13:
+            raise RuntimeError("sampler exploded")
+        return real(logits, params, generator, banned)
+    monkeypatch.setattr(sampler, "sample", sample)
+
+    async def main():
+        c = openai.AsyncOpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+        kw = dict(model=NAME, max_tokens=8, extra_body={"ignore_eos": True})
+        good = [c.completions.create(prompt=f"p{i}", temperature=0, **kw) for i in range(3)]
+        rs = await asyncio.gather(c.completions.create(prompt="bad", seed=13, **kw), *good, return_exceptions=True)
+        stream = await c.chat.completions.create(messages=[{"role": "user", "content": "x"}], seed=13, stream=True,
+                                                 **kw)
+        with pytest.raises(openai.APIError, match="sampler exploded"):  # in-band error event once streaming
+            _ = [ch async for ch in stream]
+        await c.close()
+        return rs
+    bad, *good = asyncio.run(main())
+    assert isinstance(bad, openai.InternalServerError) and "sampler exploded" in str(bad)
+    assert all(r.usage.completion_tokens == 8 for r in good)
+    assert httpx.get(base + "/health").status_code == 200
+    assert _idle(llm)
 
 
 def test_engine_failure_gives_500_and_health_503(checkpoint_factory, monkeypatch):

@@ -3,8 +3,8 @@ request streams its RequestOutputs to an asyncio queue on the caller's event loo
 
 Adding and aborting take the same lock as a step, so requests come and go between steps. A
 request whose consumer goes away (client disconnect, cancelled task) is aborted and its KV blocks
-freed. If a step raises, the engine is marked dead: every waiting consumer gets the error and
-`/health` reports 503.
+freed. A request that fails on its own raises RequestFailedError to its consumer only. If a step
+raises, the engine is marked dead: every waiting consumer gets the error and `/health` reports 503.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ logger = logging.getLogger("vllm.async_llm")
 
 class EngineDeadError(RuntimeError):
     pass
+
+
+class RequestFailedError(RuntimeError):
+    """One request failed inside the engine (finish_reason "error"); the engine serves the others."""
 
 
 @dataclass
@@ -91,7 +95,8 @@ class AsyncLLM:
                 if s is None:
                     continue
                 self._record(s, out, now)
-                s.loop.call_soon_threadsafe(s.queue.put_nowait, out)
+                item = out if out.error is None else RequestFailedError(f"request {out.request_id} failed: {out.error}")
+                s.loop.call_soon_threadsafe(s.queue.put_nowait, item)
 
     def _record(self, s: _Stream, out: RequestOutput, now: float) -> None:
         n = sum(len(c.token_ids) for c in out.outputs)
@@ -110,7 +115,8 @@ class AsyncLLM:
     # -- requests --------------------------------------------------------------------------------
     async def generate(self, prompt: str | dict, params: SamplingParams, request_id: str) -> AsyncIterator[RequestOutput]:
         """Yield the request's cumulative outputs until it finishes. Raises ValueError for bad input
-        (before anything is yielded) and EngineDeadError if the engine fails."""
+        (before anything is yielded), RequestFailedError if this request fails and EngineDeadError if
+        the engine fails."""
         if self.dead is not None:
             raise EngineDeadError(f"engine is dead: {self.dead!r}")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(), time.monotonic())

@@ -102,20 +102,32 @@ class LLMEngine:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
-        """Run one engine step; -> outputs of the requests that made progress (finished ones included)."""
+        """Run one engine step; -> outputs of the requests that made progress (finished ones included).
+
+        A failure confined to one request (its logits, sampling, detokenization) finishes that
+        request with finish_reason "error" (message in `RequestOutput.error`); a failing forward
+        pass raises, since every scheduled request's KV state is then in doubt."""
         sched = self.scheduler.schedule()
         result = self.runner.execute(sched)
         self.scheduler.update_after_step(sched)
         touched: dict[str, None] = {}
         for s in sched.scheduled:
             req = s.request
-            if req.request_id in result.prompt_logprobs:
-                self.output_processor.add_prompt_logprobs(req, s.start_position + 1,
-                                                          result.prompt_logprobs[req.request_id])
-            tok = result.sampled.get(req.request_id)
-            if tok is None:
-                continue
-            done = self.output_processor.append_token(req, tok)
+            try:
+                if req.request_id in result.failed:
+                    raise RuntimeError(result.failed[req.request_id])
+                if req.request_id in result.prompt_logprobs:
+                    self.output_processor.add_prompt_logprobs(req, s.start_position + 1,
+                                                              result.prompt_logprobs[req.request_id])
+                tok = result.sampled.get(req.request_id)
+                if tok is None:
+                    continue
+                done = self.output_processor.append_token(req, tok)
+            except Exception as e:  # noqa: BLE001 - fail this request, keep serving the others
+                if req.request_id not in result.failed:
+                    logger.exception("output processing failed for request %s", req.request_id)
+                req.error = str(e)
+                done = ("error", None)
             if done is not None:
                 self.scheduler.finish(req, *done)
             touched[req.parent_id] = None

@@ -83,5 +83,6 @@ class OutputProcessor:
             index=r.index, text=r.text, token_ids=list(r.output_token_ids),
             cumulative_logprob=r.cumulative_logprob if r.sampling_params.logprobs is not None else None,
             logprobs=r.logprobs, finish_reason=r.finish_reason, stop_reason=r.stop_reason) for r in children]
+        errors = [r.error for r in children if r.error]
         return RequestOutput(parent_id, first.prompt, first.prompt_token_ids, first.prompt_logprobs, outs,
-                             finished=all(r.is_finished for r in children))
+                             finished=all(r.is_finished for r in children), error=errors[0] if errors else None)

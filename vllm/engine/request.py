@@ -48,6 +48,8 @@ class Request:
     """IncrementalDetokenizer of the output (created on the first token when there is a tokenizer)."""
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    error: str | None = None
+    """Why the request failed (finish_reason "error")."""
 
     @property
     def num_tokens(self) -> int:

@@ -33,6 +33,8 @@ class ModelRunnerOutput:
     """Next token of requests whose scheduled tokens reached the end of their sequence."""
     prompt_logprobs: dict[str, list[tuple[int, float, int, list[tuple[int, float]]]]] = field(default_factory=dict)
     """Per prompt position p+1 covered by this chunk: (token id, logprob, rank, top-k) given tokens <= p."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Requests whose own post-forward work failed (non-finite logits, sampling error): why. Others go on."""
 
 
 class ModelRunner:
@@ -125,11 +127,22 @@ class ModelRunner:
             if count == 0:
                 continue
             req, mine = s.request, logits[first:first + count]
-            if self._wants_prompt_logprobs(s):
-                out.prompt_logprobs[req.request_id] = self._prompt_logprobs(mine, s, req.sampling_params.prompt_logprobs)
-            if s.completes_sequence:
-                out.sampled[req.request_id] = self.sampler.sample(mine[-1], req.sampling_params, req.generator,
-                                                                  banned=self._banned(req))
+            try:
+                if not torch.isfinite(mine).all():
+                    raise FloatingPointError("the model produced non-finite logits for this request")
+                if self._wants_prompt_logprobs(s):
+                    out.prompt_logprobs[req.request_id] = self._prompt_logprobs(mine, s,
+                                                                                req.sampling_params.prompt_logprobs)
+                if s.completes_sequence:
+                    row = mine[-1]
+                    for proc in req.sampling_params.logits_processors or ():
+                        row = proc(req.output_token_ids, row)
+                    out.sampled[req.request_id] = self.sampler.sample(row, req.sampling_params, req.generator,
+                                                                      banned=self._banned(req))
+            except Exception as e:  # noqa: BLE001 - one request's failure must not take down the batch
+                logger.exception("request %s failed after the forward pass", req.request_id)
+                out.prompt_logprobs.pop(req.request_id, None)
+                out.failed[req.request_id] = f"{type(e).__name__}: {e}"
         return out
 
     @staticmethod

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 import vllm
-from vllm.engine.async_llm import AsyncLLM, EngineDeadError
+from vllm.engine.async_llm import AsyncLLM, EngineDeadError, RequestFailedError
 from vllm.entrypoints.chat_utils import render_chat
 from vllm.entrypoints.openai.metrics import render_metrics
 from vllm.entrypoints.openai.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
@@ -52,7 +52,8 @@ def build_app(llm: AsyncLLM, opts: ServingOptions, api_key: str | None = None) -
         return _error(OpenAIError(str(e)))
 
     @app.exception_handler(EngineDeadError)
-    async def on_dead(_, e: EngineDeadError):
+    @app.exception_handler(RequestFailedError)
+    async def on_engine_error(_, e: RuntimeError):
         return _error(OpenAIError(str(e), 500, "InternalServerError"))
 
     @app.exception_handler(Exception)

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from vllm.engine.async_llm import AsyncLLM
+from vllm.logits_processors import ForcedContinuation
 from vllm.entrypoints.chat_utils import render_chat
 from vllm.entrypoints.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.reasoning.deepseek_v4 import DeepseekV4ReasoningParser
 from vllm.sampling_params import SamplingParams
-from vllm.tokenizers.deepseek_v4_encoding import ChatEncodingError
+from vllm.tokenizers.deepseek_v4_encoding import DSML, END_THINK, TOOL_CALLS_START, ChatEncodingError
 from vllm.tool_parsers.deepseek_v4 import DeepseekV4ToolParser
 
 
@@ -186,14 +187,43 @@ class OpenAIServing:
     def _uses_tools(self, req: ChatCompletionRequest) -> bool:
         return bool(req.tools) and req.tool_choice != "none" and self.opts.tool_call_parser is not None
 
+    def _check_tool_choice(self, req: ChatCompletionRequest) -> str | None:
+        """Validate tool_choice; -> the DSML text a "required"/named choice forces the output to open with."""
+        choice = req.tool_choice
+        if choice in (None, "none"):
+            return None
+        if not req.tools:
+            raise OpenAIError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
+        if self.opts.tool_call_parser is None:
+            raise OpenAIError(f"tool_choice {choice!r} requires --tool-call-parser deepseek_v4", param="tool_choice")
+        if choice == "auto":
+            if not self.opts.enable_auto_tool_choice:
+                raise OpenAIError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be '
+                                  'set', param="tool_choice")
+            return None
+        opening = f"\n\n{TOOL_CALLS_START}\n<{DSML}invoke name=\""
+        if choice == "required":
+            return opening
+        name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+        names = [t.get("function", {}).get("name") for t in req.tools]
+        if name not in names:
+            raise OpenAIError(f"tool_choice names function {name!r}, which is not among the tools {names}",
+                              param="tool_choice")
+        return opening + name + '">\n'
+
+    @staticmethod
+    def _forced_tool_call(tok, text: str, thinking: bool) -> ForcedContinuation:
+        """Force the tool-call opening once reasoning is over (right away in chat mode); no EOS before it."""
+        after = tok.token_to_id(END_THINK) if thinking else None
+        return ForcedContinuation(tuple(tok.encode(text, add_special_tokens=False)), after,
+                                  (tok.eos_token_id,) if tok.eos_token_id is not None else ())
+
     async def chat(self, req: ChatCompletionRequest):
         self.check_model(req.model)
         tok = self.llm.tokenizer
         if tok is None:
             raise OpenAIError("chat needs a tokenizer")
-        if req.tools and req.tool_choice not in (None, "none") and not self.opts.enable_auto_tool_choice:
-            raise OpenAIError('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
-                              param="tool_choice")
+        forced_call = self._check_tool_choice(req)
         try:
             rendered = render_chat(tok, req.messages, req.tools if req.tool_choice != "none" else None,
                                    req.chat_template_kwargs, req.reasoning_effort)
@@ -204,6 +234,8 @@ class OpenAIServing:
         top = (req.top_logprobs or 0) if req.logprobs else None
         params = make_params(req, max_tokens, top, len(rendered.prompt_token_ids), self.opts.max_model_len,
                              req.skip_special_tokens and not tools)  # ｜DSML｜ is a special token
+        if forced_call is not None:
+            params.logits_processors = [self._forced_tool_call(tok, forced_call, rendered.thinking)]
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         gen = self.llm.generate({"prompt": rendered.prompt, "prompt_token_ids": rendered.prompt_token_ids}, params, rid)
         split = self.opts.reasoning_parser is not None
