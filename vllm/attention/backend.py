@@ -18,8 +18,8 @@ class AttentionBackend(ABC):
 
     @classmethod
     @abstractmethod
-    def unsupported_reason(cls, device: torch.device) -> str | None:
-        """None if this backend runs on `device`, else why not (shown in the selector's log)."""
+    def unsupported_reason(cls, device: torch.device, kv_cache_dtype: str = "auto") -> str | None:
+        """None if this backend runs on `device` with this KV cache dtype, else why not (for the selector's log)."""
 
     @abstractmethod
     def sparse_attention(self, q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]], sink: torch.Tensor,
@@ -33,5 +33,10 @@ class AttentionBackend(ABC):
         """Causal top-k compressed entry slots per query (see indexer_topk_ref)."""
 
     @abstractmethod
-    def compress_pool(self, kv: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """Per-channel softmax pooling of compressor windows (see compress_pool_ref)."""
+    def compress_pool(self, state, window_slots: torch.Tensor, prev_slots: torch.Tensor | None,
+                      dim: int) -> torch.Tensor:
+        """Pooled compressor entries `[E, dim]` fp32 from the state rows (see compress_pool_ref)."""
+
+    @abstractmethod
+    def fp8_insert(self, cache: torch.Tensor, kv: torch.Tensor, slot_mapping: torch.Tensor, layout) -> None:
+        """Quantize rows into fp8_ds_mla pages (see fp8_ds_mla.insert_ref)."""

@@ -9,7 +9,8 @@ Per token: `nope` FP8 e4m3 bytes, `rope` bf16 values, one UE8M0 scale per `tile`
     padding                   page rounded up to a multiple of `data` bytes
 
 `insert_ref` writes tokens at slots (slot = page * block_size + offset, -1 = skip);
-`gather_ref` reads slots back dequantized. Triton versions implement the same functions.
+`gather_ref` reads slots back dequantized. `insert` is the Triton quantize-and-insert kernel;
+reads dequantize inside the attention kernel (`sparse_attn._load_rows`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from vllm.kernels._triton import next_pow2, tl, triton
 from vllm.model_executor.layers.quantization.formats import FP8_AMAX_FLOOR, FP8_MAX, e8m0_to_float, float_to_e8m0, \
     ue8m0_scale
 
@@ -100,3 +102,76 @@ def gather_ref(cache: torch.Tensor, slots: torch.Tensor, layout: Fp8DsMlaLayout)
     data = cache[page[:, None], d_off[:, None] + torch.arange(layout.data_bytes, device=cache.device)]
     scales = cache[page[:, None], s_off[:, None] + torch.arange(layout.scale_bytes, device=cache.device)]
     return dequantize_token_ref(data, scales, layout)
+
+
+@triton.jit
+def _e4m3_bits(x):
+    """fp32 (|x| <= 448) -> e4m3 byte, round to nearest even, as torch's cast. Integer arithmetic:
+    exact on every GPU (no fp8 convert instruction needed) and in Triton's interpreter."""
+    a = tl.abs(x)
+    sign = (x < 0).to(tl.int32) << 7
+    # subnormals (a < 2^-6): count of 2^-9 steps, rounded half-even by the 2^23 trick
+    sub = ((a * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
+    bits = a.to(tl.int32, bitcast=True)
+    exp = ((bits >> 23) & 0xFF) - 127
+    mant = bits & 0x7FFFFF
+    m = mant >> 20
+    rest = mant & 0xFFFFF
+    up = ((rest > 0x80000) | ((rest == 0x80000) & ((m & 1) == 1))).to(tl.int32)
+    normal = ((exp + 7) << 3) + m + up  # a carry out of the mantissa bumps the exponent
+    return (tl.where(a < 0.015625, sub, normal) | sign).to(tl.uint8)
+
+
+@triton.jit
+def _bf16_bits(x):
+    """fp32 -> bf16 bit pattern (int16), round to nearest even (finite inputs); exact in the interpreter too."""
+    bits = x.to(tl.int32, bitcast=True)
+    r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return r.to(tl.int16)
+
+
+@triton.jit
+def _insert_kernel(cache_ptr, kv_ptr, slot_ptr, kv_stride, NOPE: tl.constexpr, ROPE: tl.constexpr,
+                   TILE: tl.constexpr, NUM_TILES: tl.constexpr, TILES_P2: tl.constexpr, ROPE_P2: tl.constexpr,
+                   PAGE_ROWS: tl.constexpr, PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr,
+                   SCALE_BYTES: tl.constexpr, FP8_MAX: tl.constexpr, AMAX_FLOOR: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot >= 0:
+        page = slot // PAGE_ROWS
+        off = slot % PAGE_ROWS
+        data = cache_ptr + page * PAGE_BYTES + off * DATA_BYTES
+        tiles = tl.arange(0, TILES_P2)
+        ch = tiles[:, None] * TILE + tl.arange(0, TILE)[None, :]  # [tiles, TILE] NoPE channel
+        tmask = tiles < NUM_TILES
+        x = tl.load(kv_ptr + t * kv_stride + ch, mask=tmask[:, None], other=0.0).to(tl.float32)
+        amax = tl.maximum(tl.max(tl.abs(x), 1), AMAX_FLOOR)
+        # s = 2^ceil(log2(amax / FP8_MAX)) exactly: IEEE division, exponent read from the bits
+        r = tl.div_rn(amax, FP8_MAX)
+        bits = r.to(tl.int32, bitcast=True)
+        e = ((bits >> 23) & 0xFF) - 127 + ((bits & 0x7FFFFF) != 0).to(tl.int32)
+        inv = tl.exp2(-e.to(tl.float32))
+        qv = _e4m3_bits(tl.minimum(tl.maximum(x * inv[:, None], -FP8_MAX), FP8_MAX))
+        tl.store(data + ch, qv, mask=tmask[:, None])
+        sb = tl.arange(0, SCALE_BYTES)
+        e_b = tl.sum(tl.where((sb[:, None] == tiles[None, :]) & tmask[None, :], (e + 127)[None, :], 0), 1)  # + zero pad
+        tl.store(cache_ptr + page * PAGE_BYTES + PAGE_ROWS * DATA_BYTES + off * SCALE_BYTES + sb, e_b.to(tl.uint8))
+        rc = tl.arange(0, ROPE_P2)
+        rope = _bf16_bits(tl.load(kv_ptr + t * kv_stride + NOPE + rc, mask=rc < ROPE, other=0.0).to(tl.float32))
+        tl.store((data + NOPE + 2 * rc).to(tl.pointer_type(tl.int16)), rope, mask=rc < ROPE)
+
+
+def insert(cache: torch.Tensor, kv: torch.Tensor, slot_mapping: torch.Tensor, layout: Fp8DsMlaLayout) -> None:
+    """Triton `insert_ref`: cache `[pages, page_bytes]` uint8, kv `[T, nope+rope]` (unit stride on
+    channels), slot_mapping `[T]` int (-1 = skip). One program per token."""
+    assert cache.dtype == torch.uint8 and cache.shape[1] == layout.page_bytes, "cache is not an fp8_ds_mla page array"
+    assert kv.dim() == 2 and kv.shape[1] == layout.nope + layout.rope and kv.stride(1) == 1
+    assert slot_mapping.shape == (kv.shape[0],)
+    assert layout.tile == next_pow2(layout.tile), "the scale tile must be a power of two"
+    if kv.shape[0] == 0:
+        return
+    _insert_kernel[(kv.shape[0],)](
+        cache, kv, slot_mapping, kv.stride(0), NOPE=layout.nope, ROPE=layout.rope, TILE=layout.tile,
+        NUM_TILES=layout.num_tiles, TILES_P2=next_pow2(layout.num_tiles), ROPE_P2=next_pow2(layout.rope),
+        PAGE_ROWS=layout.block_size, PAGE_BYTES=layout.page_bytes, DATA_BYTES=layout.data_bytes,
+        SCALE_BYTES=layout.scale_bytes, FP8_MAX=FP8_MAX, AMAX_FLOOR=FP8_AMAX_FLOOR, num_warps=4)

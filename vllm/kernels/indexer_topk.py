@@ -1,9 +1,16 @@
-"""Lightning indexer scores and causal top-k over compressed entries (spec §3.7)."""
+"""Lightning indexer scores and causal top-k over compressed entries (spec §3.7).
+
+`indexer_topk_ref` is the torch reference. `indexer_topk` scores with a Triton kernel (one
+program per query and block of entries: keys gathered by slot, q.k on the tensor cores, ReLU,
+weighted head sum, causal mask) and takes torch's top-k over the scores of a bounded chunk of
+queries at a time, so long contexts never hold a [T, N] score matrix for the whole batch.
+"""
 
 from __future__ import annotations
 
 import torch
 
+from vllm.kernels._triton import next_pow2, tl, triton
 from vllm.kernels.sparse_attn import gather_rows
 
 QUERY_CHUNK = 256
@@ -35,4 +42,74 @@ def indexer_topk_ref(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: 
         scores = (scores * weights[s:s + QUERY_CHUNK].float()[..., None]).sum(1)  # [t, N]
         top = scores.masked_fill(~visible, float("-inf")).topk(k, dim=-1).indices
         out[s:s + QUERY_CHUNK] = torch.where(top < limit[:, None], slots.gather(1, top), -1)
+    return out
+
+
+SCORE_ELEMENTS = 1 << 26  # fp32 scores held at once by the launcher (256 MiB)
+
+
+@triton.jit
+def _indexer_scores_kernel(q_ptr, w_ptr, key_ptr, entry_ptr, req_ptr, vis_ptr, out_ptr, N, HI,
+                           q_stride_t, q_stride_h, w_stride_t, key_stride, entry_stride, out_stride, scale,
+                           DI: tl.constexpr, BLOCK_HI: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    nb = tl.program_id(1)
+    j = nb * BLOCK_N + tl.arange(0, BLOCK_N)
+    visible = tl.load(vis_ptr + t)
+    in_range = j < N
+    if nb * BLOCK_N < visible:
+        req = tl.load(req_ptr + t).to(tl.int64)
+        vis = j < visible
+        slots = tl.load(entry_ptr + req * entry_stride + j, mask=vis, other=-1).to(tl.int64)
+        vis = vis & (slots >= 0)
+        d = tl.arange(0, BLOCK_DI)
+        h = tl.arange(0, BLOCK_HI)
+        keys = tl.load(key_ptr + slots[:, None] * key_stride + d[None, :], mask=vis[:, None] & (d < DI)[None, :],
+                       other=0.0)  # [BN, DI]
+        q = tl.load(q_ptr + t * q_stride_t + h[:, None] * q_stride_h + d[None, :],
+                    mask=(h < HI)[:, None] & (d < DI)[None, :], other=0.0)  # [HI, DI]
+        s = tl.maximum(tl.dot(q, tl.trans(keys.to(q.dtype))), 0.0) * scale  # [HI, BN]
+        w = tl.load(w_ptr + t * w_stride_t + h, mask=h < HI, other=0.0).to(tl.float32)
+        score = tl.sum(s * w[:, None], 0)
+        tl.store(out_ptr + t * out_stride + j, tl.where(vis, score, float("-inf")), mask=in_range)
+    else:  # the whole block is in the query's future
+        tl.store(out_ptr + t * out_stride + j, tl.full([BLOCK_N], float("-inf"), tl.float32), mask=in_range)
+
+
+def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, entry_slots: torch.Tensor,
+                   query_req: torch.Tensor, num_visible: torch.Tensor, softmax_scale: float,
+                   block_n: int = 64) -> torch.Tensor:
+    """`[T, N]` fp32 scores (-inf where not visible). q `[T, Hi, Di]`, weights `[T, Hi]`, keys `[S, Di]`
+    rows (unit stride), entry_slots `[B, N]`, query_req / num_visible `[T]`."""
+    t, hi, di = q.shape
+    n = entry_slots.shape[1]
+    assert q.stride(2) == 1 and keys.dim() == 2 and keys.stride(1) == 1 and keys.shape[1] == di
+    assert weights.shape == (t, hi) and entry_slots.stride(1) == 1
+    out = torch.empty(t, n, dtype=torch.float32, device=q.device)
+    if t and n:
+        _indexer_scores_kernel[(t, triton.cdiv(n, block_n))](
+            q, weights, keys, entry_slots, query_req, num_visible, out, n, hi, q.stride(0), q.stride(1),
+            weights.stride(0), keys.stride(0), entry_slots.stride(0), out.stride(0), softmax_scale, DI=di,
+            BLOCK_HI=max(16, next_pow2(hi)), BLOCK_DI=max(16, next_pow2(di)), BLOCK_N=block_n, num_warps=4)
+    return out
+
+
+def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torch.Tensor, query_req: torch.Tensor,
+                 num_visible: torch.Tensor, topk: int, softmax_scale: float) -> torch.Tensor:
+    """Triton scores + chunked torch top-k, with indexer_topk_ref's contract (keys: tensor or plain PagedRows)."""
+    rows = keys if isinstance(keys, torch.Tensor) else keys.data
+    assert isinstance(keys, torch.Tensor) or keys.layout is None, "indexer keys are plain rows"
+    n = entry_slots.shape[1]
+    k = min(topk, n)
+    out = torch.full((q.shape[0], k), -1, dtype=torch.long, device=q.device)
+    if k == 0 or q.shape[0] == 0:
+        return out
+    chunk = max(1, SCORE_ELEMENTS // n)
+    for s in range(0, q.shape[0], chunk):
+        e = min(s + chunk, q.shape[0])
+        scores = indexer_scores(q[s:e], weights[s:e], rows, entry_slots, query_req[s:e], num_visible[s:e],
+                                softmax_scale)
+        top = scores.topk(k, dim=-1).indices
+        slots = entry_slots[query_req[s:e]].gather(1, top)
+        out[s:e] = torch.where(top < num_visible[s:e, None], slots, -1)
     return out

@@ -4,6 +4,11 @@ Each query attends to the KV rows its index lists name in one or more sources (t
 window rows and the compressed entries, as FlashMLA's `k_cache` + `extra_k_cache`), -1 = skip;
 one softmax over the union, the sink adding exp(sink_h) to the denominator only. K and V are
 the same latent row. A source is a `[N, D]` tensor or paged rows with `.gather(slots)`.
+
+`sparse_attn_ref` is the torch reference; `sparse_attn` the Triton launcher: one program per
+(query, head block, split of the index list) with online softmax, fp8_ds_mla pages dequantized
+in-kernel; with several splits a second kernel merges the partial (output, LSE) pairs and adds
+the sink once.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from vllm.kernels._triton import next_pow2, tl, triton
 
 QUERY_CHUNK = 256  # bounds the [chunk, K, D] gather of the reference
 
@@ -42,4 +49,201 @@ def sparse_attn_ref(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tenso
         p = torch.exp(scores - m)
         denom = p.sum(-1, keepdim=True) + torch.exp(sink_b - m)
         out[s:s + QUERY_CHUNK] = (torch.einsum("thk,tkd->thd", p, rows) / denom).to(q.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton
+
+@triton.jit
+def _load_rows(src_ptr, slots, valid, offs_d, row_stride, D: tl.constexpr, IS_FP8: tl.constexpr,
+               NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, PAGE_ROWS: tl.constexpr,
+               PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
+    """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` fp32 (zeros where invalid or past D)."""
+    if IS_FP8:
+        page = (slots // PAGE_ROWS).to(tl.int64)
+        off = (slots % PAGE_ROWS).to(tl.int64)
+        data = page * PAGE_BYTES + off * DATA_BYTES  # [BK] byte offset of the row's data
+        scales = page * PAGE_BYTES + PAGE_ROWS * DATA_BYTES + off * SCALE_BYTES
+        is_nope = offs_d < NOPE
+        is_rope = (offs_d >= NOPE) & (offs_d < NOPE + ROPE)
+        m_nope = valid[:, None] & is_nope[None, :]
+        raw = tl.load(src_ptr + data[:, None] + offs_d[None, :], mask=m_nope, other=0)
+        nope = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        sbyte = tl.load(src_ptr + scales[:, None] + (offs_d // TILE)[None, :], mask=m_nope, other=127)
+        nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0)
+        rope_ptr = (src_ptr + data[:, None] + NOPE + 2 * (offs_d[None, :] - NOPE)).to(tl.pointer_type(tl.bfloat16))
+        rope = tl.load(rope_ptr, mask=valid[:, None] & is_rope[None, :], other=0.0).to(tl.float32)
+        return tl.where(is_nope[None, :], nope, rope)
+    else:
+        ptr = src_ptr + slots.to(tl.int64)[:, None] * row_stride + offs_d[None, :]
+        return tl.load(ptr, mask=valid[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, scale, D: tl.constexpr, BLOCK_K: tl.constexpr,
+            BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr,
+            TILE: tl.constexpr, PAGE_ROWS: tl.constexpr, PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr,
+            SCALE_BYTES: tl.constexpr):
+    """Online-softmax update of (m, l, acc) over indices [lo, hi) of one query's list at `idx_ptr`."""
+    offs_d = tl.arange(0, BLOCK_D)
+    for k0 in range(lo, hi, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        slots = tl.load(idx_ptr + kk, mask=kk < hi, other=-1)
+        valid = slots >= 0
+        kv = _load_rows(src_ptr, slots, valid, offs_d, row_stride, D, IS_FP8, NOPE, ROPE, TILE, PAGE_ROWS,
+                        PAGE_BYTES, DATA_BYTES, SCALE_BYTES).to(q.dtype)  # [BK, BD]
+        s = tl.dot(q, tl.trans(kv)) * scale  # [BH, BK] fp32
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        alpha = tl.exp(m - m_new)
+        p = tl.exp(s - m_new[:, None])
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(kv.dtype), kv)
+        m = m_new
+    return m, l, acc
+
+
+@triton.jit
+def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
+                        src0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride,
+                        src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride,
+                        H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, scale,
+                        D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                        NUM_SPLITS: tl.constexpr, HAS_SRC1: tl.constexpr, IS_FP8: tl.constexpr,
+                        NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, PAGE_ROWS: tl.constexpr,
+                        PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    hb = tl.program_id(1)
+    split = tl.program_id(2)
+    heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    hmask = heads < H
+    q = tl.load(q_ptr + t * q_stride_t + heads[:, None] * q_stride_h + offs_d[None, :],
+                mask=hmask[:, None] & (offs_d < D)[None, :], other=0.0)
+    m = tl.full([BLOCK_H], -1e30, tl.float32)  # finite: exp(m - m_new) stays 0/1, never nan
+    l = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    # this split's part of the concatenated list [src0 indices | src1 indices]
+    lo = split * split_len
+    hi = lo + split_len
+    m, l, acc = _attend(q, m, l, acc, src0_ptr, idx0_ptr + t * idx0_stride, tl.minimum(lo, k0_len),
+                        tl.minimum(hi, k0_len), row0_stride, scale, D, BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE,
+                        PAGE_ROWS, PAGE_BYTES, DATA_BYTES, SCALE_BYTES)
+    if HAS_SRC1:
+        lo1 = tl.minimum(tl.maximum(lo - k0_len, 0), k1_len)
+        hi1 = tl.minimum(tl.maximum(hi - k0_len, 0), k1_len)
+        m, l, acc = _attend(q, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1, row1_stride, scale, D,
+                            BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE, PAGE_ROWS, PAGE_BYTES, DATA_BYTES,
+                            SCALE_BYTES)
+    if NUM_SPLITS == 1:
+        sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0)
+        mf = tl.maximum(m, sink)
+        w = tl.exp(m - mf)
+        o = acc * (w / (l * w + tl.exp(sink - mf)))[:, None]
+        tl.store(out_ptr + t * o_stride_t + heads[:, None] * o_stride_h + offs_d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & (offs_d < D)[None, :])
+    else:  # partial (normalized output, LSE) of this split; -inf LSE when it saw no valid index
+        row = (t * NUM_SPLITS + split) * H + heads  # [BH] row of part_o [T*S*H, BLOCK_D]
+        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+        o = acc / tl.maximum(l, 1e-30)[:, None]
+        tl.store(part_o_ptr + row[:, None] * BLOCK_D + offs_d[None, :], o, mask=hmask[:, None])
+        tl.store(part_lse_ptr + row, lse, mask=hmask)
+
+
+@triton.jit
+def _merge_splits_kernel(part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, H, o_stride_t, o_stride_h,
+                         D: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                         BLOCK_S: tl.constexpr):
+    """out[t, h] = sum_s exp(lse_s) o_s / (sum_s exp(lse_s) + exp(sink_h)), computed stably."""
+    t = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = (t * NUM_SPLITS + s) * H + h
+    lse = tl.load(part_lse_ptr + rows, mask=s < NUM_SPLITS, other=float("-inf"))
+    sink = tl.load(sink_ptr + h)
+    mf = tl.maximum(tl.max(lse, 0), sink)
+    w = tl.exp(lse - mf)  # [BS]
+    o = tl.load(part_o_ptr + rows[:, None] * BLOCK_D + offs_d[None, :], mask=(s < NUM_SPLITS)[:, None], other=0.0)
+    out = tl.sum(o * w[:, None], 0) / (tl.sum(w, 0) + tl.exp(sink - mf))
+    tl.store(out_ptr + t * o_stride_t + h * o_stride_h + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < D)
+
+
+def _source_args(src, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int, int, object]:
+    """(storage, indices, K, index row stride, row stride, fp8 layout or None) of one source."""
+    assert idx.dim() == 2 and idx.stride(1) == 1, "index lists must be [T, K] with unit stride"
+    idx = idx if idx.dtype in (torch.int32, torch.int64) else idx.long()
+    if isinstance(src, torch.Tensor):
+        assert src.dim() == 2 and src.stride(1) == 1, "plain KV rows must be [N, D] with unit stride"
+        return src, idx, idx.shape[1], idx.stride(0), src.stride(0), None
+    if src.layout is None:
+        return _source_args(src.data, idx)
+    return src.data, idx, idx.shape[1], idx.stride(0), 0, src.layout
+
+
+def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> int:
+    """Split each index list so that programs fill the GPU twice over, keeping >= 2 blocks per split."""
+    if num_programs >= num_sms or total <= 2 * block_k:
+        return 1
+    return max(1, min(-(-2 * num_sms // num_programs), total // (2 * block_k), 32))
+
+
+def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]], sink: torch.Tensor,
+                scale: float, *, block_h: int | None = None, block_k: int = 32, num_warps: int = 4,
+                num_stages: int = 2, num_splits: int | None = None) -> torch.Tensor:
+    """Triton launcher with sparse_attn_ref's contract, for at most two sources of one format.
+
+    q `[T, H, D]` (bf16/fp16/fp32; D is the latent, 512 for V4) with unit stride on D; sources:
+    plain rows `[N, D]` (tensor or PagedRows) or fp8_ds_mla PagedRows (`data` `[pages,
+    page_bytes]` uint8), each with int indices `[T, K_i]`; sink `[H]` fp32. The dot runs in q's
+    dtype (fp8 rows dequantize exactly into bf16); accumulation and softmax in fp32.
+    """
+    assert q.dim() == 3 and q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
+    assert 1 <= len(sources) <= 2, "the Triton kernel takes one or two sources (window + compressed)"
+    t, h, d = q.shape
+    out = torch.empty_like(q)
+    if t == 0:
+        return out
+    args = [_source_args(s, i) for s, i in sources]
+    layouts = {a[5] for a in args}
+    assert len(layouts) == 1, "all sources must share one storage format"
+    layout = args[0][5]
+    if layout is not None:
+        assert layout.nope + layout.rope == d, f"fp8_ds_mla rows hold {layout.nope + layout.rope} channels, q has {d}"
+    else:
+        assert all(a[0].shape[1] == d for a in args), "KV rows and q differ in width"
+    block_d = next_pow2(d)
+    block_h = block_h or min(64, max(16, next_pow2(h)))
+    total = sum(a[2] for a in args)
+    programs = t * triton.cdiv(h, block_h)
+    if num_splits is None:
+        num_splits = pick_splits(programs, total, block_k,
+                                 torch.cuda.get_device_properties(q.device).multi_processor_count
+                                 if q.is_cuda else 1)
+    split_len = triton.cdiv(max(total, 1), num_splits)
+    split_len = triton.cdiv(split_len, block_k) * block_k
+    num_splits = triton.cdiv(max(total, 1), split_len)
+    if num_splits > 1:
+        part_o = torch.empty(t * num_splits * h, block_d, dtype=torch.float32, device=q.device)
+        part_lse = torch.empty(t * num_splits * h, dtype=torch.float32, device=q.device)
+    else:
+        part_o = part_lse = out  # unused
+    a0 = args[0]
+    a1 = args[1] if len(args) == 2 else a0
+    lay = layout
+    fp8 = dict(NOPE=lay.nope, ROPE=lay.rope, TILE=lay.tile, PAGE_ROWS=lay.block_size, PAGE_BYTES=lay.page_bytes,
+               DATA_BYTES=lay.data_bytes, SCALE_BYTES=lay.scale_bytes) if lay is not None else \
+        dict(NOPE=d, ROPE=0, TILE=1, PAGE_ROWS=1, PAGE_BYTES=1, DATA_BYTES=1, SCALE_BYTES=1)
+    _sparse_attn_kernel[(t, triton.cdiv(h, block_h), num_splits)](
+        q, out, sink, part_o, part_lse,
+        a0[0], a0[1], a0[2], a0[3], a0[4],
+        a1[0], a1[1], a1[2] if len(args) == 2 else 0, a1[3], a1[4],
+        h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
+        D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, NUM_SPLITS=num_splits, HAS_SRC1=len(args) == 2,
+        IS_FP8=layout is not None, num_warps=num_warps, num_stages=num_stages, **fp8)
+    if num_splits > 1:
+        _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
+                                     BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
+                                     num_warps=4)
     return out

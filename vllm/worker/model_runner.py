@@ -47,7 +47,8 @@ class ModelRunner:
         self.model, self.model_cfg = get_model(mc.model, self.dtype, self.device,
                                                dequantize=config.load_config.dequantize_weights,
                                                show_progress=config.load_config.show_progress, resolved=resolved)
-        self.backend = get_attention_backend(self.device, config.device_config.attention_backend)
+        self.backend = get_attention_backend(self.device, config.device_config.attention_backend,
+                                             config.cache_config.kv_cache_dtype)
         self.sampler = Sampler(mc.seed)
         self.kv_groups = self.model.kv_cache_groups(config.cache_config)
         self.kv_caches: list[LayerCaches] = []
@@ -64,7 +65,8 @@ class ModelRunner:
         return self._profile_budget(max_model_len)
 
     def initialize_kv_cache(self, num_blocks: list[int]) -> None:
-        self.kv_caches = allocate_layer_caches(self.kv_groups, num_blocks, self.model_cfg.num_layers, self.device)
+        self.kv_caches = allocate_layer_caches(self.kv_groups, num_blocks, self.model_cfg.num_layers, self.device,
+                                               self.backend.fp8_insert)
 
     @torch.inference_mode()
     def _profile_budget(self, max_model_len: int) -> int:
@@ -73,7 +75,8 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         weights = torch.cuda.memory_allocated(self.device)
         blocks = [-(-n // g.block_tokens) + 1 for g in self.kv_groups]
-        caches = allocate_layer_caches(self.kv_groups, blocks, self.model_cfg.num_layers, self.device)
+        caches = allocate_layer_caches(self.kv_groups, blocks, self.model_cfg.num_layers, self.device,
+                                       self.backend.fp8_insert)
         entry = BatchEntry(0, n, [list(range(b)) for b in blocks])
         ids = torch.randint(0, self.model_cfg.vocab_size, (n,), device=self.device)
         self._forward(ids, [entry], caches)

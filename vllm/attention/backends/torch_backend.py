@@ -6,6 +6,7 @@ import torch
 
 from vllm.attention.backend import AttentionBackend
 from vllm.kernels.compress_pool import compress_pool_ref
+from vllm.kernels.fp8_ds_mla import insert_ref
 from vllm.kernels.indexer_topk import indexer_topk_ref
 from vllm.kernels.sparse_attn import sparse_attn_ref
 
@@ -14,7 +15,7 @@ class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
     @classmethod
-    def unsupported_reason(cls, device: torch.device) -> str | None:
+    def unsupported_reason(cls, device: torch.device, kv_cache_dtype: str = "auto") -> str | None:
         return None
 
     def sparse_attention(self, q, sources, sink, scale):
@@ -23,5 +24,8 @@ class TorchAttentionBackend(AttentionBackend):
     def indexer_topk(self, q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale):
         return indexer_topk_ref(q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale)
 
-    def compress_pool(self, kv, score):
-        return compress_pool_ref(kv, score)
+    def compress_pool(self, state, window_slots, prev_slots, dim):
+        return compress_pool_ref(state, window_slots, prev_slots, dim)
+
+    def fp8_insert(self, cache, kv, slot_mapping, layout):
+        insert_ref(cache, kv, slot_mapping, layout)

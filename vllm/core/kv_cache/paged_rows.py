@@ -2,7 +2,9 @@
 
 slot = block_id * rows_per_block + offset; -1 = no row (writes skip it, gathers return zeros).
 Plain tensors store rows in their dtype; fp8_ds_mla tensors store DeepSeek's 584-byte latent
-rows (torch reference quantize/dequantize; the Triton kernels implement the same contract).
+rows, quantized on write by the attention backend's insert (`fp8_insert`: the torch reference
+or the Triton kernel); `gather` dequantizes with the reference (the Triton attention kernel
+reads the pages itself).
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from dataclasses import dataclass
 import torch
 
 from vllm.core.kv_cache.specs import KVCacheGroupSpec, LayerTensorSpec
+from typing import Callable
+
 from vllm.kernels.fp8_ds_mla import gather_ref, insert_ref
 
 
 class PagedRows:
-    def __init__(self, spec: LayerTensorSpec, num_blocks: int, device: torch.device):
+    def __init__(self, spec: LayerTensorSpec, num_blocks: int, device: torch.device,
+                 fp8_insert: Callable = insert_ref):
         self.spec = spec
         self.layout = spec.fp8_layout
+        self.fp8_insert = fp8_insert
         if self.layout is not None:
             self.data = torch.zeros(num_blocks, self.layout.page_bytes, dtype=torch.uint8, device=device)
         else:
@@ -27,7 +33,7 @@ class PagedRows:
     def write(self, rows: torch.Tensor, slots: torch.Tensor) -> None:
         """rows `[N, width]`, slots `[N]`."""
         if self.layout is not None:
-            insert_ref(self.data, rows, slots, self.layout)
+            self.fp8_insert(self.data, rows, slots, self.layout)
             return
         keep = slots >= 0
         self.data[slots[keep]] = rows[keep].to(self.data.dtype)
@@ -54,10 +60,10 @@ class LayerCaches:
 
 
 def allocate_layer_caches(groups: list[KVCacheGroupSpec], num_blocks: list[int], num_layers: int,
-                          device: torch.device) -> list[LayerCaches]:
+                          device: torch.device, fp8_insert: Callable = insert_ref) -> list[LayerCaches]:
     """Per layer id: its tensors, each with its group's block count."""
     found: dict[int, dict[str, PagedRows]] = {i: {} for i in range(num_layers)}
     for g, n in zip(groups, num_blocks):
         for t in g.tensors:
-            found[t.layer_id][t.name] = PagedRows(t, n, device)
+            found[t.layer_id][t.name] = PagedRows(t, n, device, fp8_insert)
     return [LayerCaches(**found[i]) for i in range(num_layers)]

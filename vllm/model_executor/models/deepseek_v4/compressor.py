@@ -43,16 +43,10 @@ class Compressor(nn.Module):
         kv = F.linear(xf, self.wkv.weight.float())  # [T, width] fp32, as the reference
         score = F.linear(xf, self.wgate.weight.float()) + self.ape[positions % self.ratio]
         state.write(torch.cat([kv, score], dim=1), meta.state_slots)
-        n, width, d = meta.new_entry_slots.shape[0], kv.shape[1], self.dim
-        if n == 0:
-            return x.new_zeros(0, d)
-        win = state.gather(meta.new_window_slots)  # [E, ratio, 2*width]
-        kv, score = win[..., :width], win[..., width:]
-        if self.overlap:  # previous window's first half, then own window's second half
-            prev = state.gather(meta.new_prev_slots)
-            prev_score = prev[..., width:width + d].masked_fill((meta.new_prev_slots < 0)[..., None], float("-inf"))
-            kv = torch.cat([prev[..., :d], kv[..., d:]], dim=1)
-            score = torch.cat([prev_score, score[..., d:]], dim=1)
-        entries = self.norm(backend.compress_pool(kv, score).to(x.dtype))  # [E, dim]
+        if meta.new_entry_slots.shape[0] == 0:
+            return x.new_zeros(0, self.dim)
+        pooled = backend.compress_pool(state, meta.new_window_slots, meta.new_prev_slots if self.overlap else None,
+                                       self.dim)  # [E, dim] fp32
+        entries = self.norm(pooled.to(x.dtype))
         cos, sin = self.rotary.cos_sin(meta.new_entry_positions)
         return apply_rope(entries, cos, sin)

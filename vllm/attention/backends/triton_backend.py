@@ -1,0 +1,47 @@
+"""The `triton` backend: portable Triton kernels for every CUDA GPU from SM 8.0 (SM12x included).
+
+On a CPU it runs only under Triton's interpreter (TRITON_INTERPRET=1), which the tests use;
+the selector never prefers it there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm.attention.backend import AttentionBackend
+from vllm.kernels import compress_pool, fp8_ds_mla, indexer_topk, sparse_attn
+from vllm.kernels._triton import HAS_TRITON, interpreting
+
+MIN_CAPABILITY = (8, 0)
+FP8_MIN_CAPABILITY = (8, 9)  # e4m3 -> bf16 conversion in the attention kernel's loads
+
+
+class TritonAttentionBackend(AttentionBackend):
+    name = "triton"
+
+    @classmethod
+    def unsupported_reason(cls, device: torch.device, kv_cache_dtype: str = "auto") -> str | None:
+        if not HAS_TRITON:
+            return "triton is not installed"
+        if device.type == "cpu":
+            return None if interpreting() else "runs on CUDA GPUs (on a CPU only under TRITON_INTERPRET=1)"
+        if device.type != "cuda":
+            return f"runs on CUDA GPUs, not {device.type}"
+        cap = torch.cuda.get_device_capability(device)
+        if cap < MIN_CAPABILITY:
+            return f"needs compute capability >= 8.0, this GPU is {cap[0]}.{cap[1]}"
+        if kv_cache_dtype != "auto" and cap < FP8_MIN_CAPABILITY:
+            return f"an fp8 KV cache needs compute capability >= 8.9, this GPU is {cap[0]}.{cap[1]}"
+        return None
+
+    def sparse_attention(self, q, sources, sink, scale):
+        return sparse_attn.sparse_attn(q, sources, sink, scale)
+
+    def indexer_topk(self, q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale):
+        return indexer_topk.indexer_topk(q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale)
+
+    def compress_pool(self, state, window_slots, prev_slots, dim):
+        return compress_pool.compress_pool(state, window_slots, prev_slots, dim)
+
+    def fp8_insert(self, cache, kv, slot_mapping, layout):
+        fp8_ds_mla.insert(cache, kv.contiguous(), slot_mapping, layout)
