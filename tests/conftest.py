@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 
-import pytest
 import torch
+
+# Triton kernels run in Triton's CPU interpreter where there is no GPU; this must be set before
+# the kernel modules are imported (triton.jit reads it at decoration time).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from vllm.attention.backends.torch_backend import TorchAttentionBackend
 from vllm.attention.metadata import BatchEntry, build_attention_metadata

@@ -56,15 +56,16 @@ def sparse_attn_ref(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tenso
 # Triton
 
 @triton.jit
-def _load_rows(src_ptr, slots, valid, offs_d, row_stride, D: tl.constexpr, IS_FP8: tl.constexpr,
-               NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, PAGE_ROWS: tl.constexpr,
-               PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
-    """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` fp32 (zeros where invalid or past D)."""
+def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D: tl.constexpr,
+               IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
+               DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
+    """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` fp32 (zeros where invalid or past D). fp8_ds_mla
+    pages hold `page_rows` rows in `page_bytes` bytes (per source: groups differ in rows per block)."""
     if IS_FP8:
-        page = (slots // PAGE_ROWS).to(tl.int64)
-        off = (slots % PAGE_ROWS).to(tl.int64)
-        data = page * PAGE_BYTES + off * DATA_BYTES  # [BK] byte offset of the row's data
-        scales = page * PAGE_BYTES + PAGE_ROWS * DATA_BYTES + off * SCALE_BYTES
+        page = (slots // page_rows).to(tl.int64)
+        off = (slots % page_rows).to(tl.int64)
+        data = page * page_bytes + off * DATA_BYTES  # [BK] byte offset of the row's data
+        scales = page * page_bytes + page_rows * DATA_BYTES + off * SCALE_BYTES
         is_nope = offs_d < NOPE
         is_rope = (offs_d >= NOPE) & (offs_d < NOPE + ROPE)
         m_nope = valid[:, None] & is_nope[None, :]
@@ -81,18 +82,17 @@ def _load_rows(src_ptr, slots, valid, offs_d, row_stride, D: tl.constexpr, IS_FP
 
 
 @triton.jit
-def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, scale, D: tl.constexpr, BLOCK_K: tl.constexpr,
-            BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr,
-            TILE: tl.constexpr, PAGE_ROWS: tl.constexpr, PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr,
-            SCALE_BYTES: tl.constexpr):
+def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, page_rows, page_bytes, scale, D: tl.constexpr,
+            BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr,
+            ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
     """Online-softmax update of (m, l, acc) over indices [lo, hi) of one query's list at `idx_ptr`."""
     offs_d = tl.arange(0, BLOCK_D)
     for k0 in range(lo, hi, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         slots = tl.load(idx_ptr + kk, mask=kk < hi, other=-1)
         valid = slots >= 0
-        kv = _load_rows(src_ptr, slots, valid, offs_d, row_stride, D, IS_FP8, NOPE, ROPE, TILE, PAGE_ROWS,
-                        PAGE_BYTES, DATA_BYTES, SCALE_BYTES).to(q.dtype)  # [BK, BD]
+        kv = _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D, IS_FP8, NOPE, ROPE,
+                        TILE, DATA_BYTES, SCALE_BYTES).to(q.dtype)  # [BK, BD]
         s = tl.dot(q, tl.trans(kv)) * scale  # [BH, BK] fp32
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -106,13 +106,13 @@ def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, scale, D: tl.con
 
 @triton.jit
 def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
-                        src0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride,
-                        src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride,
+                        src0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride, page0_rows, page0_bytes,
+                        src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride, page1_rows, page1_bytes,
                         H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, scale,
                         D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                         NUM_SPLITS: tl.constexpr, HAS_SRC1: tl.constexpr, IS_FP8: tl.constexpr,
-                        NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, PAGE_ROWS: tl.constexpr,
-                        PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
+                        NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
+                        SCALE_BYTES: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     split = tl.program_id(2)
@@ -128,13 +128,13 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
     lo = split * split_len
     hi = lo + split_len
     m, l, acc = _attend(q, m, l, acc, src0_ptr, idx0_ptr + t * idx0_stride, tl.minimum(lo, k0_len),
-                        tl.minimum(hi, k0_len), row0_stride, scale, D, BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE,
-                        PAGE_ROWS, PAGE_BYTES, DATA_BYTES, SCALE_BYTES)
+                        tl.minimum(hi, k0_len), row0_stride, page0_rows, page0_bytes, scale, D, BLOCK_K, BLOCK_D,
+                        IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES)
     if HAS_SRC1:
         lo1 = tl.minimum(tl.maximum(lo - k0_len, 0), k1_len)
         hi1 = tl.minimum(tl.maximum(hi - k0_len, 0), k1_len)
-        m, l, acc = _attend(q, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1, row1_stride, scale, D,
-                            BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE, PAGE_ROWS, PAGE_BYTES, DATA_BYTES,
+        m, l, acc = _attend(q, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1, row1_stride, page1_rows,
+                            page1_bytes, scale, D, BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE, DATA_BYTES,
                             SCALE_BYTES)
     if NUM_SPLITS == 1:
         sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0)
@@ -170,16 +170,17 @@ def _merge_splits_kernel(part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, H, o_strid
     tl.store(out_ptr + t * o_stride_t + h * o_stride_h + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < D)
 
 
-def _source_args(src, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int, int, object]:
-    """(storage, indices, K, index row stride, row stride, fp8 layout or None) of one source."""
-    assert idx.dim() == 2 and idx.stride(1) == 1, "index lists must be [T, K] with unit stride"
+def _source_args(src, idx: torch.Tensor) -> tuple:
+    """(storage, indices, K, index row stride, row stride, page rows, page bytes, fp8 layout or None)."""
+    assert idx.dim() == 2 and (idx.stride(1) == 1 or idx.shape[1] <= 1), "index lists must be [T, K], unit stride"
     idx = idx if idx.dtype in (torch.int32, torch.int64) else idx.long()
     if isinstance(src, torch.Tensor):
         assert src.dim() == 2 and src.stride(1) == 1, "plain KV rows must be [N, D] with unit stride"
-        return src, idx, idx.shape[1], idx.stride(0), src.stride(0), None
+        return src, idx, idx.shape[1], idx.stride(0), src.stride(0), 1, 1, None
     if src.layout is None:
         return _source_args(src.data, idx)
-    return src.data, idx, idx.shape[1], idx.stride(0), 0, src.layout
+    lay = src.layout
+    return src.data, idx, idx.shape[1], idx.stride(0), 0, lay.block_size, lay.page_bytes, lay
 
 
 def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> int:
@@ -206,13 +207,15 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     if t == 0:
         return out
     args = [_source_args(s, i) for s, i in sources]
-    layouts = {a[5] for a in args}
-    assert len(layouts) == 1, "all sources must share one storage format"
-    layout = args[0][5]
+    layouts = [a[7] for a in args]
+    layout = layouts[0]
     if layout is not None:
+        assert all(x is not None and (x.nope, x.rope, x.tile) == (layout.nope, layout.rope, layout.tile)
+                   for x in layouts), "all sources must share one row format"
         assert layout.nope + layout.rope == d, f"fp8_ds_mla rows hold {layout.nope + layout.rope} channels, q has {d}"
     else:
-        assert all(a[0].shape[1] == d for a in args), "KV rows and q differ in width"
+        assert all(x is None for x in layouts) and all(a[0].shape[1] == d for a in args), \
+            "all sources must be plain rows as wide as q"
     block_d = next_pow2(d)
     block_h = block_h or min(64, max(16, next_pow2(h)))
     total = sum(a[2] for a in args)
@@ -231,14 +234,12 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         part_o = part_lse = out  # unused
     a0 = args[0]
     a1 = args[1] if len(args) == 2 else a0
-    lay = layout
-    fp8 = dict(NOPE=lay.nope, ROPE=lay.rope, TILE=lay.tile, PAGE_ROWS=lay.block_size, PAGE_BYTES=lay.page_bytes,
-               DATA_BYTES=lay.data_bytes, SCALE_BYTES=lay.scale_bytes) if lay is not None else \
-        dict(NOPE=d, ROPE=0, TILE=1, PAGE_ROWS=1, PAGE_BYTES=1, DATA_BYTES=1, SCALE_BYTES=1)
+    fp8 = dict(NOPE=layout.nope, ROPE=layout.rope, TILE=layout.tile, DATA_BYTES=layout.data_bytes,
+               SCALE_BYTES=layout.scale_bytes) if layout is not None else \
+        dict(NOPE=d, ROPE=0, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
     _sparse_attn_kernel[(t, triton.cdiv(h, block_h), num_splits)](
         q, out, sink, part_o, part_lse,
-        a0[0], a0[1], a0[2], a0[3], a0[4],
-        a1[0], a1[1], a1[2] if len(args) == 2 else 0, a1[3], a1[4],
+        *a0[:7], a1[0], a1[1], a1[2] if len(args) == 2 else 0, *a1[3:7],
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
         D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, NUM_SPLITS=num_splits, HAS_SRC1=len(args) == 2,
         IS_FP8=layout is not None, num_warps=num_warps, num_stages=num_stages, **fp8)

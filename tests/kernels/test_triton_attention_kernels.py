@@ -1,0 +1,165 @@
+"""Triton attention kernels against their torch references: in Triton's CPU interpreter on CI
+(conftest sets TRITON_INTERPRET=1 without a GPU), compiled on a GPU. Fresh random inputs per case."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from vllm.core.kv_cache.paged_rows import PagedRows  # noqa: E402
+from vllm.core.kv_cache.specs import LayerTensorSpec  # noqa: E402
+from vllm.kernels import compress_pool as cp  # noqa: E402
+from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa  # noqa: E402
+from vllm.kernels.testing import assert_close  # noqa: E402
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TINY_FP8 = fp8_ds_mla.Fp8DsMlaLayout(nope=48, rope=16, tile=16, block_size=16)  # the tiny models' layout
+V4_FP8 = fp8_ds_mla.Fp8DsMlaLayout(block_size=16)  # 448 + 64, tile 64
+
+
+def _rows(n: int, d: int, layout, dtype=torch.float32, seed=0) -> tuple[object, torch.Tensor]:
+    """A source of n rows (plain tensor or fp8_ds_mla pages) and the rows it stores, dequantized."""
+    g = torch.Generator().manual_seed(seed)
+    values = (torch.randn(n, d, generator=g) * torch.logspace(-1, 1, n, )[:, None]).to(DEV)
+    if layout is None:
+        return values.to(dtype), values.to(dtype).float()
+    rows = PagedRows(LayerTensorSpec(0, "swa", layout.block_size, d, dtype, layout), -(-n // layout.block_size), DEV)
+    rows.write(values, torch.arange(n, device=DEV))
+    return rows, rows.gather(torch.arange(n, device=DEV))
+
+
+def _indices(t: int, k: int, n: int, invalid: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (t, k), generator=g)
+    return torch.where(torch.rand(t, k, generator=g) < invalid, -1, idx).to(DEV)
+
+
+CASES = {  # name: (T, H, K window, K compressed, fraction invalid)
+    "decode-one-query": (1, 16, 8, 24, 0.1),
+    "varlen-batch": (6, 16, 8, 40, 0.3),
+    "window-only": (5, 16, 8, 0, 0.2),
+    "empty-window": (4, 16, 0, 33, 0.0),
+    "all-invalid": (3, 16, 8, 12, 1.0),
+    "topk-longer-than-entries": (4, 16, 8, 64, 0.8),
+    "tp-shard-8-heads": (3, 8, 8, 20, 0.1),
+    "64-heads": (2, 64, 8, 20, 0.1),
+}
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16-rows", "fp8_ds_mla"])
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_sparse_attn_matches_reference(case, splits, fp8):
+    t, h, kw, kc, invalid = CASES[case]
+    d, n = 64, 50
+    layout = TINY_FP8 if fp8 else None
+    swa, _ = _rows(n, d, layout, seed=1)
+    comp, _ = _rows(n, d, None if layout is None else replace(layout, block_size=4), seed=2)  # as CSA pages
+    sources = [(swa, _indices(t, kw, n, invalid, 3))]
+    if kc:
+        sources.append((comp, _indices(t, kc, n, invalid, 4)))
+    if case == "decode-one-query":  # first token: one valid window row, nothing else
+        sources[0][1][:] = -1
+        sources[0][1][0, -1] = 7
+    q = torch.randn(t, h, d, device=DEV)
+    sink = torch.randn(h, device=DEV)
+    out = sa.sparse_attn(q, sources, sink, d**-0.5, num_splits=splits, block_k=16)
+    ref = sa.sparse_attn_ref(q, sources, sink, d**-0.5)
+    assert_close(out, ref, 2e-3 if DEV.type == "cuda" else 1e-5, case)  # tf32 dots on a GPU
+    if invalid == 1.0:
+        assert out.abs().max() == 0  # the sink takes all the mass
+
+
+def test_sparse_attn_several_queries_per_request_share_rows():
+    """Speculative-decoding shape: consecutive queries of a request see growing windows of the same rows."""
+    d, h, n = 64, 16, 40
+    rows, _ = _rows(n, d, None, seed=5)
+    base = torch.arange(n - 4, device=DEV)
+    idx = torch.stack([torch.where(base <= 30 + i, base, -1) for i in range(4)])  # [4 queries, K]
+    q = torch.randn(4, h, d, device=DEV)
+    sink = torch.zeros(h, device=DEV)
+    assert_close(sa.sparse_attn(q, [(rows, idx)], sink, 0.1), sa.sparse_attn_ref(q, [(rows, idx)], sink, 0.1),
+                 2e-3 if DEV.type == "cuda" else 1e-5)
+
+
+@pytest.mark.skipif(DEV.type != "cuda", reason="bf16 tl.dot is not exact in Triton's interpreter")
+@pytest.mark.parametrize("h", [128, 64, 32, 16, 8])
+def test_sparse_attn_bf16_v4_width(h):
+    d, n, t = 512, 300, 9
+    rows, _ = _rows(n, d, V4_FP8, seed=6)
+    q = torch.randn(t, h, d, device=DEV, dtype=torch.bfloat16)
+    sources = [(rows, _indices(t, 128, n, 0.1, 7)), (rows, _indices(t, 512, n, 0.5, 8))]
+    sink = torch.randn(h, device=DEV)
+    assert_close(sa.sparse_attn(q, sources, sink, d**-0.5), sa.sparse_attn_ref(q, sources, sink, d**-0.5), 1e-2)
+
+
+@pytest.mark.parametrize("layout", [TINY_FP8, V4_FP8], ids=["tiny", "v4"])
+def test_fp8_insert_is_byte_identical_to_reference(layout):
+    d = layout.nope + layout.rope
+    n = 3 * layout.block_size
+    kv = torch.randn(n, d) * torch.logspace(-6, 3, n)[:, None]  # scales across the whole range
+    kv[1] = 0.0  # amax floor
+    kv[2, :layout.nope] = 448.0 * 2.0**-3  # exact power-of-two ratio: the ceil must not round up
+    slots = torch.randperm(4 * layout.block_size)[:n]
+    slots[5] = -1
+    want = torch.full((4, layout.page_bytes), 0xAB, dtype=torch.uint8)
+    got = want.clone().to(DEV)
+    fp8_ds_mla.insert_ref(want, kv, slots, layout)
+    fp8_ds_mla.insert(got, kv.to(DEV), slots.to(DEV), layout)
+    diff = (got.cpu() != want).nonzero()
+    assert diff.numel() == 0, f"{diff.shape[0]} bytes differ, first at (page, byte) {diff[0].tolist()}"
+
+
+def _index_case(t, b, n, hi, di, seed):
+    g = torch.Generator().manual_seed(seed)
+    s_rows = b * n + 7
+    keys = torch.randn(s_rows, di, generator=g).to(DEV)
+    entry = torch.randperm(s_rows, generator=g)[:b * n].view(b, n).to(DEV)
+    req = torch.randint(0, b, (t,), generator=g).to(DEV)
+    vis = torch.randint(0, n + 1, (t,), generator=g).to(DEV)
+    vis[0] = 0  # first tokens see no entry
+    q = torch.randn(t, hi, di, generator=g).to(DEV)
+    w = torch.randn(t, hi, generator=g).to(DEV)
+    return q, w, keys, entry, req, vis
+
+
+@pytest.mark.parametrize("t,b,n,hi,di,topk", [(9, 3, 40, 8, 32, 5), (5, 2, 130, 16, 64, 128), (4, 1, 3, 8, 32, 10)],
+                         ids=["small", "topk-over-blocks", "topk-longer-than-entries"])
+def test_indexer_topk_picks_the_reference_best(t, b, n, hi, di, topk, monkeypatch):
+    monkeypatch.setattr(ix, "SCORE_ELEMENTS", 2 * n)  # several query chunks
+    q, w, keys, entry, req, vis = _index_case(t, b, n, hi, di, seed=t)
+    scale = di**-0.5
+    ref_scores = torch.relu(torch.einsum("thd,tnd->thn", q, keys[entry[req]])) * scale
+    ref_scores = (ref_scores * w[..., None]).sum(1)
+    j = torch.arange(n, device=DEV)
+    ref_scores = ref_scores.masked_fill(j[None, :] >= vis[:, None], float("-inf"))
+    got = ix.indexer_scores(q, w, keys, entry, req, vis, scale)
+    assert_close(got, ref_scores, 2e-3 if DEV.type == "cuda" else 1e-5, "indexer scores")
+    out = ix.indexer_topk(q, w, keys, entry, req, vis, topk, scale)
+    ref = ix.indexer_topk_ref(q, w, keys, entry, req, vis, topk, scale)
+    assert out.shape == ref.shape
+    for i in range(t):  # same count; chosen entries as good as the reference's (ties may differ)
+        mine, theirs = out[i][out[i] >= 0], ref[i][ref[i] >= 0]
+        assert mine.numel() == theirs.numel() == min(topk, int(vis[i]))
+        pos = {int(s): k for k, s in enumerate(entry[req[i]].tolist())}
+        score = lambda slots: sorted(ref_scores[i, [pos[int(s)] for s in slots]].tolist())  # noqa: E731
+        assert score(mine) == pytest.approx(score(theirs), rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.parametrize("ratio,overlap", [(4, True), (8, False), (128, False)])
+def test_compress_pool_matches_reference(ratio, overlap):
+    dim = 48
+    width = 2 * dim if overlap else dim
+    e = 5
+    state = torch.randn(4 * e * ratio, 2 * width, device=DEV) * 2
+    perm = torch.randperm(state.shape[0], device=DEV)
+    win = perm[:e * ratio].view(e, ratio)
+    prev = perm[e * ratio:2 * e * ratio].view(e, ratio).clone() if overlap else None
+    if overlap:
+        prev[0] = -1  # entry 0 has no previous window
+    out = cp.compress_pool(state, win, prev, dim)
+    assert_close(out, cp.compress_pool_ref(state, win, prev, dim), 1e-5, "pooled entries")
