@@ -51,7 +51,8 @@ SCORE_ELEMENTS = 1 << 26  # fp32 scores held at once by the launcher (256 MiB)
 @triton.jit
 def _indexer_scores_kernel(q_ptr, w_ptr, key_ptr, entry_ptr, req_ptr, vis_ptr, out_ptr, N, HI,
                            q_stride_t, q_stride_h, w_stride_t, key_stride, entry_stride, out_stride, scale,
-                           DI: tl.constexpr, BLOCK_HI: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr):
+                           DI: tl.constexpr, BLOCK_HI: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr,
+                           PRECISION: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     nb = tl.program_id(1)
     j = nb * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -68,7 +69,7 @@ def _indexer_scores_kernel(q_ptr, w_ptr, key_ptr, entry_ptr, req_ptr, vis_ptr, o
                        other=0.0)  # [BN, DI]
         q = tl.load(q_ptr + t * q_stride_t + h[:, None] * q_stride_h + d[None, :],
                     mask=(h < HI)[:, None] & (d < DI)[None, :], other=0.0)  # [HI, DI]
-        s = tl.maximum(tl.dot(q, tl.trans(keys.to(q.dtype))), 0.0) * scale  # [HI, BN]
+        s = tl.maximum(tl.dot(q, tl.trans(keys.to(q.dtype)), input_precision=PRECISION), 0.0) * scale  # [HI, BN]
         w = tl.load(w_ptr + t * w_stride_t + h, mask=h < HI, other=0.0).to(tl.float32)
         score = tl.sum(s * w[:, None], 0)
         tl.store(out_ptr + t * out_stride + j, tl.where(vis, score, float("-inf")), mask=in_range)
@@ -90,7 +91,8 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, e
         _indexer_scores_kernel[(t, triton.cdiv(n, block_n))](
             q, weights, keys, entry_slots, query_req, num_visible, out, n, hi, q.stride(0), q.stride(1),
             weights.stride(0), keys.stride(0), entry_slots.stride(0), out.stride(0), softmax_scale, DI=di,
-            BLOCK_HI=max(16, next_pow2(hi)), BLOCK_DI=max(16, next_pow2(di)), BLOCK_N=block_n, num_warps=4)
+            BLOCK_HI=max(16, next_pow2(hi)), BLOCK_DI=max(16, next_pow2(di)), BLOCK_N=block_n,
+            PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
     return out
 
 

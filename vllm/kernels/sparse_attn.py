@@ -57,7 +57,7 @@ def sparse_attn_ref(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tenso
 
 @triton.jit
 def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D: tl.constexpr,
-               IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
+               BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
                DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
     """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` fp32 (zeros where invalid or past D). fp8_ds_mla
     pages hold `page_rows` rows in `page_bytes` bytes (per source: groups differ in rows per block)."""
@@ -71,8 +71,13 @@ def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes,
         m_nope = valid[:, None] & is_nope[None, :]
         raw = tl.load(src_ptr + data[:, None] + offs_d[None, :], mask=m_nope, other=0)
         nope = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        sbyte = tl.load(src_ptr + scales[:, None] + (offs_d // TILE)[None, :], mask=m_nope, other=127)
-        nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0)
+        # one scale byte per tile, broadcast over its TILE channels (BLOCK_D = tiles_p2 * TILE, asserted)
+        tiles = tl.arange(0, BLOCK_D // TILE)
+        sbyte = tl.load(src_ptr + scales[:, None] + tiles[None, :], mask=valid[:, None] & (tiles < NOPE // TILE)[None, :],
+                        other=127)
+        sc = tl.exp2(sbyte.to(tl.float32) - 127.0)  # [BK, tiles]
+        sc = tl.reshape(tl.broadcast_to(sc[:, :, None], [sc.shape[0], BLOCK_D // TILE, TILE]), [sc.shape[0], BLOCK_D])
+        nope = nope * sc
         rope_ptr = (src_ptr + data[:, None] + NOPE + 2 * (offs_d[None, :] - NOPE)).to(tl.pointer_type(tl.bfloat16))
         rope = tl.load(rope_ptr, mask=valid[:, None] & is_rope[None, :], other=0.0).to(tl.float32)
         return tl.where(is_nope[None, :], nope, rope)
@@ -84,22 +89,23 @@ def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes,
 @triton.jit
 def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, page_rows, page_bytes, scale, D: tl.constexpr,
             BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr,
-            ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
+            ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr,
+            PRECISION: tl.constexpr):
     """Online-softmax update of (m, l, acc) over indices [lo, hi) of one query's list at `idx_ptr`."""
     offs_d = tl.arange(0, BLOCK_D)
     for k0 in range(lo, hi, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         slots = tl.load(idx_ptr + kk, mask=kk < hi, other=-1)
         valid = slots >= 0
-        kv = _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D, IS_FP8, NOPE, ROPE,
-                        TILE, DATA_BYTES, SCALE_BYTES).to(q.dtype)  # [BK, BD]
-        s = tl.dot(q, tl.trans(kv)) * scale  # [BH, BK] fp32
+        kv = _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D, BLOCK_D, IS_FP8, NOPE,
+                        ROPE, TILE, DATA_BYTES, SCALE_BYTES).to(q.dtype)  # [BK, BD]
+        s = tl.dot(q, tl.trans(kv), input_precision=PRECISION) * scale  # [BH, BK] fp32
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(kv.dtype), kv)
+        acc = acc * alpha[:, None] + tl.dot(p.to(kv.dtype), kv, input_precision=PRECISION)
         m = m_new
     return m, l, acc
 
@@ -112,7 +118,7 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
                         D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                         NUM_SPLITS: tl.constexpr, HAS_SRC1: tl.constexpr, IS_FP8: tl.constexpr,
                         NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
-                        SCALE_BYTES: tl.constexpr):
+                        SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     split = tl.program_id(2)
@@ -129,13 +135,13 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
     hi = lo + split_len
     m, l, acc = _attend(q, m, l, acc, src0_ptr, idx0_ptr + t * idx0_stride, tl.minimum(lo, k0_len),
                         tl.minimum(hi, k0_len), row0_stride, page0_rows, page0_bytes, scale, D, BLOCK_K, BLOCK_D,
-                        IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES)
+                        IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, PRECISION)
     if HAS_SRC1:
         lo1 = tl.minimum(tl.maximum(lo - k0_len, 0), k1_len)
         hi1 = tl.minimum(tl.maximum(hi - k0_len, 0), k1_len)
         m, l, acc = _attend(q, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1, row1_stride, page1_rows,
                             page1_bytes, scale, D, BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE, DATA_BYTES,
-                            SCALE_BYTES)
+                            SCALE_BYTES, PRECISION)
     if NUM_SPLITS == 1:
         sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0)
         mf = tl.maximum(m, sink)
@@ -198,7 +204,8 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     q `[T, H, D]` (bf16/fp16/fp32; D is the latent, 512 for V4) with unit stride on D; sources:
     plain rows `[N, D]` (tensor or PagedRows) or fp8_ds_mla PagedRows (`data` `[pages,
     page_bytes]` uint8), each with int indices `[T, K_i]`; sink `[H]` fp32. The dot runs in q's
-    dtype (fp8 rows dequantize exactly into bf16); accumulation and softmax in fp32.
+    dtype (fp8 rows dequantize exactly into bf16; fp32 q uses full-precision fp32 dots, not tf32);
+    accumulation and softmax in fp32.
     """
     assert q.dim() == 3 and q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
     assert 1 <= len(sources) <= 2, "the Triton kernel takes one or two sources (window + compressed)"
@@ -213,6 +220,7 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         assert all(x is not None and (x.nope, x.rope, x.tile) == (layout.nope, layout.rope, layout.tile)
                    for x in layouts), "all sources must share one row format"
         assert layout.nope + layout.rope == d, f"fp8_ds_mla rows hold {layout.nope + layout.rope} channels, q has {d}"
+        assert next_pow2(layout.num_tiles) * layout.tile == next_pow2(d), "scale tiles must tile the padded latent"
     else:
         assert all(x is None for x in layouts) and all(a[0].shape[1] == d for a in args), \
             "all sources must be plain rows as wide as q"
@@ -242,7 +250,8 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         *a0[:7], a1[0], a1[1], a1[2] if len(args) == 2 else 0, *a1[3:7],
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
         D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, NUM_SPLITS=num_splits, HAS_SRC1=len(args) == 2,
-        IS_FP8=layout is not None, num_warps=num_warps, num_stages=num_stages, **fp8)
+        IS_FP8=layout is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps,
+        num_stages=num_stages, **fp8)
     if num_splits > 1:
         _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
                                      BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
