@@ -61,26 +61,24 @@ def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes,
                DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
     """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` fp32 (zeros where invalid or past D). fp8_ds_mla
     pages hold `page_rows` rows in `page_bytes` bytes (per source: groups differ in rows per block)."""
-    if IS_FP8:
+    if IS_FP8:  # [BK, tiles, TILE] so each tile's scale broadcasts; rope fills the channels after NoPE
         page = (slots // page_rows).to(tl.int64)
         off = (slots % page_rows).to(tl.int64)
-        data = page * page_bytes + off * DATA_BYTES  # [BK] byte offset of the row's data
+        data = tl.multiple_of(page * page_bytes + off * DATA_BYTES, 16)  # [BK] (asserted: 16 | data, page)
         scales = page * page_bytes + page_rows * DATA_BYTES + off * SCALE_BYTES
-        is_nope = offs_d < NOPE
-        is_rope = (offs_d >= NOPE) & (offs_d < NOPE + ROPE)
-        m_nope = valid[:, None] & is_nope[None, :]
-        raw = tl.load(src_ptr + data[:, None] + offs_d[None, :], mask=m_nope, other=0)
-        nope = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        # one scale byte per tile, broadcast over its TILE channels (BLOCK_D = tiles_p2 * TILE, asserted)
         tiles = tl.arange(0, BLOCK_D // TILE)
-        sbyte = tl.load(src_ptr + scales[:, None] + tiles[None, :], mask=valid[:, None] & (tiles < NOPE // TILE)[None, :],
-                        other=127)
-        sc = tl.exp2(sbyte.to(tl.float32) - 127.0)  # [BK, tiles]
-        sc = tl.reshape(tl.broadcast_to(sc[:, :, None], [sc.shape[0], BLOCK_D // TILE, TILE]), [sc.shape[0], BLOCK_D])
-        nope = nope * sc
-        rope_ptr = (src_ptr + data[:, None] + NOPE + 2 * (offs_d[None, :] - NOPE)).to(tl.pointer_type(tl.bfloat16))
-        rope = tl.load(rope_ptr, mask=valid[:, None] & is_rope[None, :], other=0.0).to(tl.float32)
-        return tl.where(is_nope[None, :], nope, rope)
+        ch = tiles[:, None] * TILE + tl.arange(0, TILE)[None, :]  # [tiles, TILE] latent channel
+        is_nope = (ch < NOPE)[None, :, :]
+        is_rope = ((ch >= NOPE) & (ch < NOPE + ROPE))[None, :, :]
+        row = src_ptr + data[:, None, None] + ch[None, :, :]
+        ok = valid[:, None, None]
+        nope = tl.load(row, mask=ok & is_nope, other=0).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        sbyte = tl.load(src_ptr + scales[:, None] + tiles[None, :],
+                        mask=valid[:, None] & (tiles < NOPE // TILE)[None, :], other=127)
+        nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0)[:, :, None]
+        rope_ptr = (row + (ch[None, :, :] - NOPE)).to(tl.pointer_type(tl.bfloat16))  # byte NOPE + 2*(c - NOPE)
+        rope = tl.load(rope_ptr, mask=ok & is_rope, other=0.0).to(tl.float32)
+        return tl.reshape(tl.where(is_nope, nope, rope), [slots.shape[0], BLOCK_D])
     else:
         ptr = src_ptr + slots.to(tl.int64)[:, None] * row_stride + offs_d[None, :]
         return tl.load(ptr, mask=valid[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
@@ -197,7 +195,7 @@ def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> in
 
 
 def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]], sink: torch.Tensor,
-                scale: float, *, block_h: int | None = None, block_k: int = 32, num_warps: int = 4,
+                scale: float, *, block_h: int | None = None, block_k: int = 32, num_warps: int = 8,
                 num_stages: int = 2, num_splits: int | None = None) -> torch.Tensor:
     """Triton launcher with sparse_attn_ref's contract, for at most two sources of one format.
 
@@ -221,6 +219,7 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
                    for x in layouts), "all sources must share one row format"
         assert layout.nope + layout.rope == d, f"fp8_ds_mla rows hold {layout.nope + layout.rope} channels, q has {d}"
         assert next_pow2(layout.num_tiles) * layout.tile == next_pow2(d), "scale tiles must tile the padded latent"
+        assert layout.data_bytes % 16 == 0 and layout.nope % 16 == 0, "fp8_ds_mla rows must be 16-byte aligned"
     else:
         assert all(x is None for x in layouts) and all(a[0].shape[1] == d for a in args), \
             "all sources must be plain rows as wide as q"
