@@ -194,9 +194,26 @@ def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> in
     return max(1, min(-(-2 * num_sms // num_programs), total // (2 * block_k), 32))
 
 
+def launch_config(t: int, h: int, fp8: bool) -> dict:
+    """Default (block_h, block_k, num_warps) from H100 sweeps at V4-Flash shapes (64 heads, 512 latent,
+    640 rows per query; benchmarks/results/h100_attention_kernels.json): all heads in one program
+    for fp8 pages (dequantize each row once) and for prefill-sized batches; smaller head blocks
+    (more programs in flight) for plain rows at decode sizes."""
+    if fp8:
+        cfg = dict(block_h=64, block_k=64 if t >= 32 else 32, num_warps=8)
+    elif t >= 1024:
+        cfg = dict(block_h=64, block_k=64, num_warps=8)
+    elif t >= 128:
+        cfg = dict(block_h=32, block_k=32, num_warps=4)
+    else:
+        cfg = dict(block_h=16, block_k=64, num_warps=4)
+    cfg["block_h"] = min(cfg["block_h"], max(16, next_pow2(h)))
+    return cfg
+
+
 def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]], sink: torch.Tensor,
-                scale: float, *, block_h: int | None = None, block_k: int = 32, num_warps: int = 8,
-                num_stages: int = 2, num_splits: int | None = None) -> torch.Tensor:
+                scale: float, *, block_h: int | None = None, block_k: int | None = None,
+                num_warps: int | None = None, num_stages: int = 2, num_splits: int | None = None) -> torch.Tensor:
     """Triton launcher with sparse_attn_ref's contract, for at most two sources of one format.
 
     q `[T, H, D]` (bf16/fp16/fp32; D is the latent, 512 for V4) with unit stride on D; sources:
@@ -224,7 +241,8 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         assert all(x is None for x in layouts) and all(a[0].shape[1] == d for a in args), \
             "all sources must be plain rows as wide as q"
     block_d = next_pow2(d)
-    block_h = block_h or min(64, max(16, next_pow2(h)))
+    cfg = launch_config(t, h, layout is not None)
+    block_h, block_k, num_warps = block_h or cfg["block_h"], block_k or cfg["block_k"], num_warps or cfg["num_warps"]
     total = sum(a[2] for a in args)
     programs = t * triton.cdiv(h, block_h)
     if num_splits is None:
