@@ -13,7 +13,7 @@ the sink once.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -174,17 +174,33 @@ def _merge_splits_kernel(part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, H, o_strid
     tl.store(out_ptr + t * o_stride_t + h * o_stride_h + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < D)
 
 
-def _source_args(src, idx: torch.Tensor) -> tuple:
-    """(storage, indices, K, index row stride, row stride, page rows, page bytes, fp8 layout or None)."""
+class _Source(NamedTuple):
+    """One source as the kernel takes it (field order = the kernel's per-source arguments)."""
+
+    storage: torch.Tensor
+    indices: torch.Tensor
+    num_indices: int
+    index_stride: int
+    row_stride: int
+    page_rows: int
+    page_bytes: int
+    layout: object  # Fp8DsMlaLayout or None (plain rows)
+
+    @property
+    def kernel_args(self) -> tuple:
+        return tuple(self[:7])
+
+
+def _source(src, idx: torch.Tensor) -> _Source:
     assert idx.dim() == 2 and (idx.stride(1) == 1 or idx.shape[1] <= 1), "index lists must be [T, K], unit stride"
     idx = idx if idx.dtype in (torch.int32, torch.int64) else idx.long()
     if isinstance(src, torch.Tensor):
         assert src.dim() == 2 and src.stride(1) == 1, "plain KV rows must be [N, D] with unit stride"
-        return src, idx, idx.shape[1], idx.stride(0), src.stride(0), 1, 1, None
+        return _Source(src, idx, idx.shape[1], idx.stride(0), src.stride(0), 1, 1, None)
     if src.layout is None:
-        return _source_args(src.data, idx)
+        return _source(src.data, idx)
     lay = src.layout
-    return src.data, idx, idx.shape[1], idx.stride(0), 0, lay.block_size, lay.page_bytes, lay
+    return _Source(src.data, idx, idx.shape[1], idx.stride(0), 0, lay.block_size, lay.page_bytes, lay)
 
 
 def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> int:
@@ -228,8 +244,8 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     out = torch.empty_like(q)
     if t == 0:
         return out
-    args = [_source_args(s, i) for s, i in sources]
-    layouts = [a[7] for a in args]
+    args = [_source(s, i) for s, i in sources]
+    layouts = [a.layout for a in args]
     layout = layouts[0]
     if layout is not None:
         assert all(x is not None and (x.nope, x.rope, x.tile) == (layout.nope, layout.rope, layout.tile)
@@ -238,12 +254,12 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         assert next_pow2(layout.num_tiles) * layout.tile == next_pow2(d), "scale tiles must tile the padded latent"
         assert layout.data_bytes % 16 == 0 and layout.nope % 16 == 0, "fp8_ds_mla rows must be 16-byte aligned"
     else:
-        assert all(x is None for x in layouts) and all(a[0].shape[1] == d for a in args), \
+        assert all(x is None for x in layouts) and all(a.storage.shape[1] == d for a in args), \
             "all sources must be plain rows as wide as q"
     block_d = next_pow2(d)
     cfg = launch_config(t, h, layout is not None)
     block_h, block_k, num_warps = block_h or cfg["block_h"], block_k or cfg["block_k"], num_warps or cfg["num_warps"]
-    total = sum(a[2] for a in args)
+    total = sum(a.num_indices for a in args)
     programs = t * triton.cdiv(h, block_h)
     if num_splits is None:
         num_splits = pick_splits(programs, total, block_k,
@@ -257,14 +273,14 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         part_lse = torch.empty(t * num_splits * h, dtype=torch.float32, device=q.device)
     else:
         part_o = part_lse = out  # unused
-    a0 = args[0]
-    a1 = args[1] if len(args) == 2 else a0
+    # a missing second source repeats the first with no indices (HAS_SRC1 skips it)
+    a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
     fp8 = dict(NOPE=layout.nope, ROPE=layout.rope, TILE=layout.tile, DATA_BYTES=layout.data_bytes,
                SCALE_BYTES=layout.scale_bytes) if layout is not None else \
         dict(NOPE=d, ROPE=0, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
     _sparse_attn_kernel[(t, triton.cdiv(h, block_h), num_splits)](
         q, out, sink, part_o, part_lse,
-        *a0[:7], a1[0], a1[1], a1[2] if len(args) == 2 else 0, *a1[3:7],
+        *args[0].kernel_args, *a1.kernel_args,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
         D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, NUM_SPLITS=num_splits, HAS_SRC1=len(args) == 2,
         IS_FP8=layout is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps,
