@@ -133,10 +133,7 @@ def test_indexer_topk_picks_the_reference_best(t, b, n, hi, di, topk, monkeypatc
     monkeypatch.setattr(ix, "SCORE_ELEMENTS", 2 * n)  # several query chunks
     q, w, keys, entry, req, vis = _index_case(t, b, n, hi, di, seed=t)
     scale = di**-0.5
-    ref_scores = torch.relu(torch.einsum("thd,tnd->thn", q, keys[entry[req]])) * scale
-    ref_scores = (ref_scores * w[..., None]).sum(1)
-    j = torch.arange(n, device=DEV)
-    ref_scores = ref_scores.masked_fill(j[None, :] >= vis[:, None], float("-inf"))
+    ref_scores = ix.indexer_scores_ref(q, w, keys, entry, req, vis, scale)
     got = ix.indexer_scores(q, w, keys, entry, req, vis, scale)
     assert_close(got, ref_scores, 1e-5, "indexer scores")
     out = ix.indexer_topk(q, w, keys, entry, req, vis, topk, scale)

@@ -113,20 +113,20 @@ class LLMEngine:
         touched: dict[str, None] = {}
         for s in sched.scheduled:
             req = s.request
-            try:
-                if req.request_id in result.failed:
-                    raise RuntimeError(result.failed[req.request_id])
-                if req.request_id in result.prompt_logprobs:
-                    self.output_processor.add_prompt_logprobs(req, s.start_position + 1,
-                                                              result.prompt_logprobs[req.request_id])
-                tok = result.sampled.get(req.request_id)
-                if tok is None:
-                    continue
-                done = self.output_processor.append_token(req, tok)
-            except Exception as e:  # noqa: BLE001 - fail this request, keep serving the others
-                if req.request_id not in result.failed:
+            req.error = result.failed.get(req.request_id)
+            if req.error is None:
+                try:
+                    if req.request_id in result.prompt_logprobs:
+                        self.output_processor.add_prompt_logprobs(req, s.start_position + 1,
+                                                                  result.prompt_logprobs[req.request_id])
+                    tok = result.sampled.get(req.request_id)
+                    if tok is None:
+                        continue
+                    done = self.output_processor.append_token(req, tok)
+                except Exception as e:  # noqa: BLE001 - fail this request, keep serving the others
                     logger.exception("output processing failed for request %s", req.request_id)
-                req.error = str(e)
+                    req.error = f"{type(e).__name__}: {e}"
+            if req.error is not None:
                 done = ("error", None)
             if done is not None:
                 self.scheduler.finish(req, *done)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 try:
     import triton
     import triton.language as tl
@@ -42,3 +44,8 @@ def interpreting() -> bool:
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def dot_precision(dtype) -> str:
+    """`tl.dot` input precision: fp32 operands get true fp32 (an fp32 model must not silently run tf32)."""
+    return "ieee" if dtype == torch.float32 else "tf32"

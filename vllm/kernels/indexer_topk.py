@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import torch
 
-from vllm.kernels._triton import next_pow2, tl, triton
+from vllm.kernels._triton import dot_precision, next_pow2, tl, triton
 from vllm.kernels.sparse_attn import gather_rows
 
 QUERY_CHUNK = 256
+
+
+def indexer_scores_ref(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torch.Tensor,
+                       query_req: torch.Tensor, num_visible: torch.Tensor, softmax_scale: float) -> torch.Tensor:
+    """`[T, N]` fp32 scores, -inf for entries j >= num_visible[t] (arguments as indexer_topk_ref).
+
+    score[t, j] = sum_h weights[t,h] * relu(q[t,h] . key_j) * softmax_scale."""
+    slots = entry_slots[query_req]  # [T, N]
+    visible = torch.arange(slots.shape[1], device=q.device)[None, :] < num_visible[:, None]
+    kt = gather_rows(keys, torch.where(visible, slots, -1)).float()  # [T, N, Di]
+    scores = torch.relu(torch.einsum("thd,tnd->thn", q.float(), kt)) * softmax_scale
+    scores = (scores * weights.float()[..., None]).sum(1)
+    return scores.masked_fill(~visible, float("-inf"))
 
 
 def indexer_topk_ref(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torch.Tensor,
@@ -23,25 +36,27 @@ def indexer_topk_ref(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: 
 
     q `[T, Hi, Di]`, weights `[T, Hi]` (already x head-count scaling), keys: `[S, Di]` tensor or
     paged rows, entry_slots `[B, N]` (row of entry j of request b), query_req `[T]`, num_visible
-    `[T]` (entries j < num_visible[t] are visible). score[t, j] = sum_h weights[t,h] *
-    relu(q[t,h] . key_j) * softmax_scale. Returns `[T, min(topk, N)]` slots, -1 where the query
-    has fewer visible entries than slots.
+    `[T]` (entries j < num_visible[t] are visible), scores as indexer_scores_ref. Returns
+    `[T, min(topk, N)]` slots, -1 where the query has fewer visible entries than slots.
     """
+    return _topk_in_chunks(indexer_scores_ref, QUERY_CHUNK, q, weights, keys, entry_slots, query_req, num_visible,
+                           topk, softmax_scale)
+
+
+def _topk_in_chunks(score_fn, chunk: int, q, weights, keys, entry_slots, query_req, num_visible, topk,
+                    softmax_scale) -> torch.Tensor:
+    """Top-k slots from `score_fn`'s scores, `chunk` queries at a time (bounds the [chunk, N] scores)."""
     n = entry_slots.shape[1]
     k = min(topk, n)
     out = torch.full((q.shape[0], k), -1, dtype=torch.long, device=q.device)
     if k == 0:
         return out
-    entry = torch.arange(n, device=q.device)
-    for s in range(0, q.shape[0], QUERY_CHUNK):
-        slots = entry_slots[query_req[s:s + QUERY_CHUNK]]  # [t, N]
-        limit = num_visible[s:s + QUERY_CHUNK]
-        visible = entry[None, :] < limit[:, None]
-        kt = gather_rows(keys, torch.where(visible, slots, -1)).float()  # [t, N, Di]
-        scores = torch.relu(torch.einsum("thd,tnd->thn", q[s:s + QUERY_CHUNK].float(), kt)) * softmax_scale
-        scores = (scores * weights[s:s + QUERY_CHUNK].float()[..., None]).sum(1)  # [t, N]
-        top = scores.masked_fill(~visible, float("-inf")).topk(k, dim=-1).indices
-        out[s:s + QUERY_CHUNK] = torch.where(top < limit[:, None], slots.gather(1, top), -1)
+    for s in range(0, q.shape[0], chunk):
+        e = min(s + chunk, q.shape[0])
+        scores = score_fn(q[s:e], weights[s:e], keys, entry_slots, query_req[s:e], num_visible[s:e], softmax_scale)
+        top = scores.topk(k, dim=-1).indices
+        slots = entry_slots[query_req[s:e]].gather(1, top)
+        out[s:e] = torch.where(top < num_visible[s:e, None], slots, -1)
     return out
 
 
@@ -92,7 +107,7 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, e
             q, weights, keys, entry_slots, query_req, num_visible, out, n, hi, q.stride(0), q.stride(1),
             weights.stride(0), keys.stride(0), entry_slots.stride(0), out.stride(0), softmax_scale, DI=di,
             BLOCK_HI=max(16, next_pow2(hi)), BLOCK_DI=max(16, next_pow2(di)), BLOCK_N=block_n,
-            PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
+            PRECISION=dot_precision(q.dtype), num_warps=4)
     return out
 
 
@@ -101,17 +116,6 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torc
     """Triton scores + chunked torch top-k, with indexer_topk_ref's contract (keys: tensor or plain PagedRows)."""
     rows = keys if isinstance(keys, torch.Tensor) else keys.data
     assert isinstance(keys, torch.Tensor) or keys.layout is None, "indexer keys are plain rows"
-    n = entry_slots.shape[1]
-    k = min(topk, n)
-    out = torch.full((q.shape[0], k), -1, dtype=torch.long, device=q.device)
-    if k == 0 or q.shape[0] == 0:
-        return out
-    chunk = max(1, SCORE_ELEMENTS // n)
-    for s in range(0, q.shape[0], chunk):
-        e = min(s + chunk, q.shape[0])
-        scores = indexer_scores(q[s:e], weights[s:e], rows, entry_slots, query_req[s:e], num_visible[s:e],
-                                softmax_scale)
-        top = scores.topk(k, dim=-1).indices
-        slots = entry_slots[query_req[s:e]].gather(1, top)
-        out[s:e] = torch.where(top < num_visible[s:e, None], slots, -1)
-    return out
+    chunk = max(1, SCORE_ELEMENTS // max(1, entry_slots.shape[1]))
+    return _topk_in_chunks(indexer_scores, chunk, q, weights, rows, entry_slots, query_req, num_visible, topk,
+                           softmax_scale)

@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from vllm.kernels._triton import next_pow2, tl, triton
+from vllm.kernels._triton import dot_precision, next_pow2, tl, triton
 
 QUERY_CHUNK = 256  # bounds the [chunk, K, D] gather of the reference
 
@@ -283,7 +283,7 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         *args[0].kernel_args, *a1.kernel_args,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
         D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, NUM_SPLITS=num_splits, HAS_SRC1=len(args) == 2,
-        IS_FP8=layout is not None, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=num_warps,
+        IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype), num_warps=num_warps,
         num_stages=num_stages, **fp8)
     if num_splits > 1:
         _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
