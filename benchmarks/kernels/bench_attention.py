@@ -23,35 +23,11 @@ from vllm.kernels import compress_pool as cp
 from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa
 from vllm.kernels.testing import assert_close
 
+from benchmarks.kernels.common import bench, ceilings, roofline
+
 H, D, WINDOW, TOPK, HI, DI = 64, 512, 128, 512, 64, 128  # V4-Flash
 CSA_RATIO, HCA_RATIO, BLOCK = 4, 128, 256
 CONTEXTS, BATCHES = (4096, 32768, 131072), (1, 8, 32, 128)
-
-
-def ceilings() -> tuple[float, float]:
-    """Measured copy bandwidth (bytes read + written per s) and bf16 matmul rate (FLOP/s)."""
-    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    bw = 2 * x.numel() / (triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") * 1e-3)
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    mm = 2 * 8192**3 / (triton.testing.do_bench(lambda: a @ a, return_mode="median") * 1e-3)
-    del x, y, a
-    return bw, mm
-
-
-def bench(fn, graph: bool = True) -> float:
-    """Median µs. Kernels: replays of a CUDA graph (no host launch gaps, per METHOD). Torch references
-    (some sync with the host, so they cannot be captured): CUDA events around eager calls."""
-    if graph:
-        return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median") * 1e3
-    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
-
-
-def roofline(us: float, nbytes: float, flops: float, bw: float, mm: float) -> dict:
-    floor = max(nbytes / bw, flops / mm) * 1e6
-    return {"us": round(us, 2), "GB/s": round(nbytes / us / 1e3, 1), "TFLOP/s": round(flops / us / 1e6, 2),
-            "roofline_us": round(floor, 2), "fraction_of_roofline": round(floor / us, 3),
-            "bound": "memory" if nbytes / bw >= flops / mm else "compute"}
 
 
 def latent_cache(rows: int, fp8: bool) -> tuple[object, int]:
