@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm.kernels._triton import next_pow2, tl, triton
+from vllm.kernels.quant_codec import bf16_bits, e4m3_bits, pow2, ue8m0_exponent
 from vllm.model_executor.layers.quantization.formats import FP8_AMAX_FLOOR, FP8_MAX, e8m0_to_float, float_to_e8m0, \
     ue8m0_scale
 
@@ -105,32 +106,6 @@ def gather_ref(cache: torch.Tensor, slots: torch.Tensor, layout: Fp8DsMlaLayout)
 
 
 @triton.jit
-def _e4m3_bits(x):
-    """fp32 (|x| <= 448) -> e4m3 byte, round to nearest even, as torch's cast. Integer arithmetic:
-    exact on every GPU (no fp8 convert instruction needed) and in Triton's interpreter."""
-    a = tl.abs(x)
-    sign = (x < 0).to(tl.int32) << 7
-    # subnormals (a < 2^-6): count of 2^-9 steps, rounded half-even by the 2^23 trick
-    sub = ((a * 512.0 + 8388608.0) - 8388608.0).to(tl.int32)
-    bits = a.to(tl.int32, bitcast=True)
-    exp = ((bits >> 23) & 0xFF) - 127
-    mant = bits & 0x7FFFFF
-    m = mant >> 20
-    rest = mant & 0xFFFFF
-    up = ((rest > 0x80000) | ((rest == 0x80000) & ((m & 1) == 1))).to(tl.int32)
-    normal = ((exp + 7) << 3) + m + up  # a carry out of the mantissa bumps the exponent
-    return (tl.where(a < 0.015625, sub, normal) | sign).to(tl.uint8)
-
-
-@triton.jit
-def _bf16_bits(x):
-    """fp32 -> bf16 bit pattern (int16), round to nearest even (finite inputs); exact in the interpreter too."""
-    bits = x.to(tl.int32, bitcast=True)
-    r = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    return r.to(tl.int16)
-
-
-@triton.jit
 def _insert_kernel(cache_ptr, kv_ptr, slot_ptr, kv_stride, NOPE: tl.constexpr, ROPE: tl.constexpr,
                    TILE: tl.constexpr, NUM_TILES: tl.constexpr, TILES_P2: tl.constexpr, ROPE_P2: tl.constexpr,
                    PAGE_ROWS: tl.constexpr, PAGE_BYTES: tl.constexpr, DATA_BYTES: tl.constexpr,
@@ -146,18 +121,15 @@ def _insert_kernel(cache_ptr, kv_ptr, slot_ptr, kv_stride, NOPE: tl.constexpr, R
         tmask = tiles < NUM_TILES
         x = tl.load(kv_ptr + t * kv_stride + ch, mask=tmask[:, None], other=0.0).to(tl.float32)
         amax = tl.maximum(tl.max(tl.abs(x), 1), AMAX_FLOOR)
-        # s = 2^ceil(log2(amax / FP8_MAX)) exactly: IEEE division, exponent read from the bits
-        r = tl.div_rn(amax, FP8_MAX)
-        bits = r.to(tl.int32, bitcast=True)
-        e = ((bits >> 23) & 0xFF) - 127 + ((bits & 0x7FFFFF) != 0).to(tl.int32)
-        inv = tl.exp2(-e.to(tl.float32))
-        qv = _e4m3_bits(tl.minimum(tl.maximum(x * inv[:, None], -FP8_MAX), FP8_MAX))
+        e = ue8m0_exponent(amax, FP8_MAX)  # s = 2^e exactly
+        inv = pow2(-e)
+        qv = e4m3_bits(tl.minimum(tl.maximum(x * inv[:, None], -FP8_MAX), FP8_MAX))
         tl.store(data + ch, qv, mask=tmask[:, None])
         sb = tl.arange(0, SCALE_BYTES)
         e_b = tl.sum(tl.where((sb[:, None] == tiles[None, :]) & tmask[None, :], (e + 127)[None, :], 0), 1)  # + zero pad
         tl.store(cache_ptr + page * PAGE_BYTES + PAGE_ROWS * DATA_BYTES + off * SCALE_BYTES + sb, e_b.to(tl.uint8))
         rc = tl.arange(0, ROPE_P2)
-        rope = _bf16_bits(tl.load(kv_ptr + t * kv_stride + NOPE + rc, mask=rc < ROPE, other=0.0).to(tl.float32))
+        rope = bf16_bits(tl.load(kv_ptr + t * kv_stride + NOPE + rc, mask=rc < ROPE, other=0.0).to(tl.float32))
         tl.store((data + NOPE + 2 * rc).to(tl.pointer_type(tl.int16)), rope, mask=rc < ROPE)
 
 

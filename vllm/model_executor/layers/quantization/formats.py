@@ -29,8 +29,12 @@ def float_to_e8m0(pow2: torch.Tensor) -> torch.Tensor:
 
 
 def ue8m0_scale(amax: torch.Tensor, qmax: float, floor: float) -> torch.Tensor:
-    """Power-of-two scale s = 2^ceil(log2(max(amax, floor) / qmax)) (reference act_quant, ue8m0)."""
-    return torch.exp2(torch.ceil(torch.log2(amax.float().clamp(min=floor) / qmax)))
+    """Power-of-two scale s = 2^ceil(log2(max(amax, floor) / qmax)) (reference act_quant, ue8m0).
+
+    The exponent is read with frexp (r = m * 2^e, m in [0.5, 1)), so it is exact where a rounded
+    log2 could land on the integer below."""
+    mant, exp = torch.frexp(amax.float().clamp(min=floor) / qmax)
+    return torch.ldexp(torch.ones_like(mant), exp - (mant == 0.5).to(exp.dtype))
 
 
 def _blocks_2d(shape: tuple[int, int], block: tuple[int, int]) -> tuple[int, int]:

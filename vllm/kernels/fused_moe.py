@@ -1,0 +1,235 @@
+"""Fused MoE (spec §3.10): routed experts as two grouped GEMMs over expert-sorted tokens, with the
+clamped SwiGLU and the routing weight between them, and optionally the shared expert fused in as
+one more always-selected expert (weight 1, its own weight format).
+
+Flow: `moe_align` sorts the (token, slot) pairs by expert into BLOCK_M-row blocks (each block one
+expert; -1 pads) -> kernel 1 computes gate and up for a block's rows, h = silu(min(g, L)) *
+clamp(u, -L, L) * w_route -> (FP8 quantization of h when the format wants it) -> kernel 2 h @ w2^T
+per pair -> the pairs of each token summed. Formats: `QuantWeight` (plain, fp8_block, mxfp4);
+the shared expert may differ from the routed ones (V4: FP8 shared, MXFP4 routed), each block
+branches on its expert. Numerics follow `fused_moe_ref` (the model's math): gate/up rounded to
+the activation dtype before the SwiGLU, h weighted before w2, routed sum in fp32, shared added last.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from vllm.kernels._triton import dot_precision, tl, triton
+from vllm.kernels.act_quant import act_quant_fp8
+from vllm.kernels.quant_gemm import ACT_BLOCK, PLAIN, _FMT_CODE, QuantWeight, _accumulate, compute_dtype, linear_ref
+
+
+class ExpertWeights(NamedTuple):
+    """gate `w1`, up `w3` `[(E,) I, D]` and down `w2` `[(E,) D, I]` projections, one format each."""
+
+    w1: QuantWeight
+    w3: QuantWeight
+    w2: QuantWeight
+
+
+def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.Tensor:
+    """silu(min(gate, limit)) * clamp(up, -limit, limit)."""
+    return F.silu(gate.clamp(max=limit)) * up.clamp(-limit, limit)
+
+
+def _expert_ref(x: torch.Tensor, w: ExpertWeights, e: int | None, route_w: torch.Tensor | None,
+                limit: float) -> torch.Tensor:
+    def proj(q: QuantWeight, a: torch.Tensor) -> torch.Tensor:
+        if e is None:
+            return linear_ref(a, q)
+        return linear_ref(a, q._replace(weight=q.weight[e], scale=None if q.scale is None else q.scale[e]))
+
+    h = clamped_swiglu(proj(w.w1, x).float(), proj(w.w3, x).float(), limit)
+    if route_w is not None:
+        h = h * route_w[:, None]  # the reference weights h before w2
+    return proj(w.w2, h.to(x.dtype))
+
+
+def fused_moe_ref(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, routed: ExpertWeights,
+                  limit: float, shared: ExpertWeights | None = None) -> torch.Tensor:
+    """x `[T, D]`, topk_weights `[T, k]` fp32, topk_ids `[T, k]` int -> `[T, D]` x.dtype:
+    Σ_slots w * Expert_id(x) (fp32 sum) + SharedExpert(x)."""
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in torch.unique(topk_ids).tolist():
+        tok, slot = torch.nonzero(topk_ids == e, as_tuple=True)
+        out.index_add_(0, tok, _expert_ref(x[tok], routed, e, topk_weights[tok, slot], limit).float())
+    out = out.to(x.dtype)
+    return out if shared is None else out + _expert_ref(x, shared, None, None, limit)
+
+
+class MoEAlignment(NamedTuple):
+    sorted_pairs: torch.Tensor
+    """`[blocks * BLOCK_M]` int32: pair ids (token * slots + slot) grouped by expert, -1 = padding."""
+    block_expert: torch.Tensor
+    """`[blocks]` int32: the expert of each block, -1 = unused block (its programs exit)."""
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlignment:
+    """Group the pairs by expert into block_m-row blocks. Fixed-size outputs and no host sync (CUDA
+    graph capturable): blocks = ceil(P / block_m) + min(P, E) bounds Σ_e ceil(count_e / block_m)."""
+    flat = topk_ids.flatten().long()
+    p = flat.numel()
+    max_blocks = -(-p // block_m) + min(p, num_experts)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+    blocks_per = (counts + block_m - 1) // block_m
+    block_end = torch.cumsum(blocks_per, 0)
+    row_start = torch.cumsum(counts, 0) - counts
+    expert_sorted = flat[order]
+    rank = torch.arange(p, device=flat.device) - row_start[expert_sorted]
+    dest = (block_end - blocks_per)[expert_sorted] * block_m + rank
+    sorted_pairs = torch.full((max_blocks * block_m,), -1, dtype=torch.int32, device=flat.device)
+    sorted_pairs[dest] = order.to(torch.int32)
+    b = torch.arange(max_blocks, device=flat.device)
+    block_expert = torch.searchsorted(block_end, b, right=True)
+    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
+    return MoEAlignment(sorted_pairs, block_expert)
+
+
+@triton.jit
+def _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K, stride_wn,
+                 stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
+                 WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+    acc1 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr,
+                       ws1_ptr, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N,
+                       WBLOCK_K, COMPUTE, PRECISION)
+    acc3 = acc1
+    if GATED:
+        acc3 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w3_ptr,
+                           ws3_ptr, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK,
+                           WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+    return acc1, acc3
+
+
+@triton.jit
+def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss1_ptr, s3_ptr, ss3_ptr, out_ptr,
+                     pairs_ptr, block_expert_ptr, route_ptr, N, K, slots, shared_id, limit, stride_am, stride_asm,
+                     stride_we, stride_wn, stride_wse, stride_wsn, stride_wsk, stride_sn, stride_ssn, stride_ssk,
+                     stride_om, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, HAS_SHARED: tl.constexpr,
+                     W_FMT: tl.constexpr, S_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
+                     BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
+                     COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+    """One (expert block, N tile): GATED -> h = swiglu(A w1^T, A w3^T) * route weight; else A w2^T.
+    Rows of A are tokens (A_BY_TOKEN, first GEMM) or pairs (second GEMM); outputs are per pair."""
+    pid_m, pid_n = tl.program_id(0), tl.program_id(1)
+    expert = tl.load(block_expert_ptr + pid_m)
+    if expert >= 0:
+        pairs = tl.load(pairs_ptr + pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+        row_ok = pairs >= 0
+        arow = pairs // slots if A_BY_TOKEN else pairs
+        a_rows, as_rows = arow * stride_am, arow * stride_asm
+        n = pid_n * BN + tl.arange(0, BN)
+        n_ok = n < N
+        e = expert.to(tl.int64)
+        if HAS_SHARED:
+            if expert == shared_id:
+                acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, s1_ptr, ss1_ptr, s3_ptr, ss3_ptr,
+                                          n, n_ok, K, stride_sn, stride_ssn, stride_ssk, GATED, S_FMT, A_FP8, BM,
+                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+            else:
+                acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
+                                          ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse,
+                                          n, n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM,
+                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+        else:
+            acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
+                                      ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse, n,
+                                      n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM, BN, BK,
+                                      WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+        out_t = out_ptr.dtype.element_ty
+        res = acc1
+        if GATED:  # gate/up rounded to the activation dtype first, as the reference's projections return it
+            g = tl.minimum(acc1.to(out_t).to(tl.float32), limit)
+            u = tl.minimum(tl.maximum(acc3.to(out_t).to(tl.float32), -limit), limit)
+            w = tl.load(route_ptr + pairs, mask=row_ok, other=0.0)
+            res = g / (1.0 + tl.exp(-g)) * u * w[:, None]
+        tl.store(out_ptr + pairs[:, None] * stride_om + n[None, :], res.to(out_t), mask=row_ok[:, None] & n_ok[None, :])
+
+
+def _moe_config(pairs: int, experts: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BN, BK, warps, stages): few rows per expert at decode -> 16-row blocks streaming
+    weights with narrow N tiles; many -> 64-row blocks."""
+    if pairs <= 4 * experts:
+        return 16, 64, 128, 4, 4
+    return 64, 128, 64, 8, 3
+
+
+def _scales(q: QuantWeight) -> tuple[torch.Tensor, int, int, int]:
+    """Scale tensor (or the weight as a dummy pointer) and its (expert, n, k) strides."""
+    if q.scale is None:
+        return q.weight, 0, 0, 0
+    s = q.scale
+    return s, (s.stride(0) if s.dim() == 3 else 0), s.stride(-2), s.stride(-1)
+
+
+def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gate_up: bool, limit: float):
+    """Launch kernel 1 (gate_up) or 2 over all blocks; `routed`/`shared` are (first, second) QuantWeights."""
+    _, bn, bk, warps, stages = cfg
+    r1, r3 = routed
+    n, k = r1.out_features, r1.in_features
+    s1, s3 = shared if shared is not None else routed
+    ws1, wse, wsn, wsk = _scales(r1)
+    ss1, _, ssn, ssk = _scales(s1)
+    blk = (s1 if s1.fmt == "fp8_block" else r1).block  # the FP8 weight's blocks (formats may mix)
+    if "fp8_block" in (r1.fmt, s1.fmt):
+        bk = min(bk, blk[1])
+    grid = (align.block_expert.numel(), triton.cdiv(n, bn))
+    cdt = compute_dtype(a, r1)
+    _moe_gemm_kernel[grid](
+        a, a_s, r1.weight, ws1, r3.weight, _scales(r3)[0], s1.weight, ss1, s3.weight, _scales(s3)[0], out,
+        align.sorted_pairs, align.block_expert, route, n, k, slots, r1.weight.shape[0], limit, a.stride(0),
+        a_s.stride(0), r1.weight.stride(0), r1.weight.stride(1), wse, wsn, wsk, s1.weight.stride(0), ssn, ssk,
+        out.stride(0), GATED=gate_up, A_BY_TOKEN=gate_up, HAS_SHARED=shared is not None, W_FMT=_FMT_CODE[r1.fmt],
+        S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk, WBLOCK_N=blk[0], WBLOCK_K=blk[1],
+        COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
+        num_warps=warps, num_stages=stages)
+
+
+def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None) -> None:
+    assert x.dim() == 2 and x.is_contiguous(), "x must be a contiguous [T, D]"
+    for w in (routed + (shared or ())):
+        assert w.in_features in (x.shape[1], routed.w1.out_features), "expert weight shapes do not match x"
+    if shared is not None:
+        assert shared.w1.act_fp8 == routed.w1.act_fp8, "shared and routed experts must agree on FP8 activations"
+        assert shared.w1.fmt != "fp8_block" or routed.w1.fmt != "fp8_block" or shared.w1.block == routed.w1.block
+        assert shared.w1.weight.dim() == 2 and routed.w1.weight.dim() == 3
+
+
+def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, routed: ExpertWeights,
+              limit: float, shared: ExpertWeights | None = None) -> torch.Tensor:
+    """Triton `fused_moe_ref` (same arguments). Routed weights stacked `[E, ...]`; `shared` (2-D
+    weights) runs in the same launches as expert id E with weight 1."""
+    _check(x, routed, shared)
+    t, d = x.shape
+    num_experts = routed.w1.weight.shape[0]
+    ids, weights = topk_ids, topk_weights.float()
+    if shared is not None:
+        ids = torch.cat([ids, torch.full((t, 1), num_experts, dtype=ids.dtype, device=x.device)], 1)
+        weights = torch.cat([weights, torch.ones(t, 1, dtype=torch.float32, device=x.device)], 1)
+    slots = ids.shape[1]
+    cfg = _moe_config(t * slots, num_experts + (shared is not None))
+    bm = cfg[0]
+    align = moe_align(ids, num_experts + (shared is not None), bm)
+    route = weights.contiguous().view(-1)
+    act_fp8 = routed.w1.act_fp8
+    a, a_s = act_quant_fp8(x, ACT_BLOCK) if act_fp8 else (x, x.new_empty(1, 1, dtype=torch.float32))
+    inter = routed.w1.out_features
+    h = torch.empty(t * slots, inter, dtype=x.dtype, device=x.device)
+    sh = (shared.w1, shared.w3) if shared is not None else None
+    _grouped_gemm(a, a_s, h, align, route, slots, bm, cfg, (routed.w1, routed.w3), sh, True, limit)
+    a2, a2_s = act_quant_fp8(h, ACT_BLOCK) if act_fp8 else (h, a_s)
+    y = torch.empty(t * slots, d, dtype=x.dtype, device=x.device)
+    sh2 = (shared.w2, shared.w2) if shared is not None else None
+    _grouped_gemm(a2, a2_s, y, align, route, slots, bm, cfg, (routed.w2, routed.w2), sh2, False, limit)
+    y = y.view(t, slots, d)
+    k = topk_ids.shape[1]
+    out = y[:, :k].float().sum(1).to(x.dtype)
+    return out if shared is None else out + y[:, k]
+
+
+__all__ = ["ExpertWeights", "MoEAlignment", "clamped_swiglu", "fused_moe", "fused_moe_ref", "moe_align", "PLAIN"]
