@@ -1,12 +1,14 @@
-"""The one per-step forward context: what layers read besides their inputs (caches, metadata, backend)."""
+"""The one per-step forward context: what layers read besides their inputs (caches, metadata, backends)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from vllm.attention.backend import AttentionBackend
+from vllm.model_executor.layers.backends.base import MoEGemmBackend
+from vllm.model_executor.layers.backends.torch_backend import TorchMoEGemmBackend
 
 if TYPE_CHECKING:
     from vllm.attention.metadata import AttentionMetadata
@@ -20,6 +22,8 @@ class ForwardContext:
     attn_backend: AttentionBackend
     attn_metadata: "AttentionMetadata"
     """This step's slots and candidate lists, built once per step and shared by all layers."""
+    moe_gemm: MoEGemmBackend = field(default_factory=TorchMoEGemmBackend)
+    """Linears, router, MoE and mHC ops."""
 
 
 _CONTEXT: ForwardContext | None = None
@@ -33,6 +37,14 @@ def set_forward_context(ctx: ForwardContext) -> Iterator[None]:
         yield
     finally:
         _CONTEXT = prev
+
+
+_REFERENCE_OPS = TorchMoEGemmBackend()  # stateless: the references, for layers used outside a forward
+
+
+def current_moe_gemm_backend() -> MoEGemmBackend:
+    """The step's MoE/GEMM backend; the torch references outside a forward context (unit use of a layer)."""
+    return _REFERENCE_OPS if _CONTEXT is None else _CONTEXT.moe_gemm
 
 
 def get_forward_context() -> ForwardContext:

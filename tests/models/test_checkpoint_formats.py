@@ -55,7 +55,7 @@ def test_quantized_checkpoint_close_to_dequantized_run(expert_dtype, checkpoint_
     dense_params = dict(dense.named_parameters())
     checked = 0
     for name, mod in native.named_modules():
-        if getattr(getattr(mod, "method", None), "quantized", False):
+        if getattr(getattr(mod, "method", None), "fmt", "plain") != "plain":
             w = dense_params[f"{name}.weight"]
             native_w = torch.stack([mod.method.weight(mod, e) for e in range(w.shape[0])]) if w.dim() == 3 \
                 else mod.method.weight(mod)

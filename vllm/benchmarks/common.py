@@ -15,6 +15,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--attention-backend", default=None)
+    p.add_argument("--moe-backend", default=None)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
@@ -33,7 +34,7 @@ def make_llm(args: argparse.Namespace) -> LLM:
     from vllm.model_executor.model_loader.builtin import builtin_model_dir
 
     return LLM(model=args.model or str(builtin_model_dir()), dtype=args.dtype, device=args.device,
-               attention_backend=args.attention_backend, max_model_len=args.max_model_len,
+               attention_backend=args.attention_backend, moe_backend=args.moe_backend, max_model_len=args.max_model_len,
                max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                block_size=args.block_size, kv_cache_dtype=args.kv_cache_dtype,
                kv_cache_memory_bytes=args.kv_cache_memory_bytes, gpu_memory_utilization=args.gpu_memory_utilization,

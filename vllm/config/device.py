@@ -1,4 +1,4 @@
-"""DeviceConfig: where the model runs and which attention backend it uses."""
+"""DeviceConfig: where the model runs and which kernel backends it uses."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ class DeviceConfig:
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
     attention_backend: str | None = None
     """Force an attention backend by name (None = the platform's priority list)."""
+    moe_backend: str | None = None
+    """Force a MoE/GEMM backend (linears, router, MoE, mHC) by name (None = the platform's priority list)."""
+    fuse_shared_experts: bool = True
+    """Run the shared expert inside the routed-expert launches as one more expert (weight 1); off
+    runs it as its own linears (for comparison)."""
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

@@ -14,7 +14,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     model = args.model or str(builtin_model_dir())
     llm = LLM(model=model, dtype=args.dtype, seed=args.seed, max_model_len=args.max_model_len,
-              device=args.device, attention_backend=args.attention_backend)
+              device=args.device, attention_backend=args.attention_backend, moe_backend=args.moe_backend)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                             max_tokens=args.max_tokens, seed=args.seed)
     for out in llm.generate(args.prompt, params, use_tqdm=False):
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-model-len", type=int, default=None)
     gen.add_argument("--device", default="auto")
     gen.add_argument("--attention-backend", default=None)
+    gen.add_argument("--moe-backend", default=None)
     gen.set_defaults(func=_generate)
     from vllm.entrypoints.openai.cli_serve import add_serve_args, run_serve
 

@@ -22,7 +22,7 @@ class LLM:
     Args mirror vLLM: `model`, `tokenizer`, `dtype`, `seed`, `max_model_len`, `max_num_seqs`,
     `max_num_batched_tokens`, `block_size`, `kv_cache_dtype`, `kv_cache_memory_bytes`,
     `gpu_memory_utilization`, `enable_prefix_caching`, `skip_tokenizer_init`, `device`,
-    `attention_backend`; plus `dequantize_weights` to run FP8/MXFP4 checkpoints with dense weights.
+    `attention_backend`, `moe_backend`, `fuse_shared_experts`; plus `dequantize_weights` to run FP8/MXFP4 checkpoints with dense weights.
     Parallelism arguments other than 1 are rejected until TP lands.
     """
 
@@ -31,7 +31,8 @@ class LLM:
                  block_size: int = 256, kv_cache_dtype: str = "auto", kv_cache_memory_bytes: int | None = None,
                  gpu_memory_utilization: float = 0.9, enable_prefix_caching: bool = True,
                  skip_tokenizer_init: bool = False,
-                 device: str = "auto", attention_backend: str | None = None, dequantize_weights: bool = False,
+                 device: str = "auto", attention_backend: str | None = None, moe_backend: str | None = None,
+                 fuse_shared_experts: bool = True, dequantize_weights: bool = False,
                  tensor_parallel_size: int = 1, trust_remote_code: bool = False, enforce_eager: bool = False,
                  show_progress: bool = True):
         if tensor_parallel_size != 1:
@@ -40,7 +41,8 @@ class LLM:
             model_config=ModelConfig(model=model, tokenizer=tokenizer, dtype=dtype, seed=seed,
                                      max_model_len=max_model_len, skip_tokenizer_init=skip_tokenizer_init),
             load_config=LoadConfig(dequantize_weights=dequantize_weights, show_progress=show_progress),
-            device_config=DeviceConfig(device=device, attention_backend=attention_backend),
+            device_config=DeviceConfig(device=device, attention_backend=attention_backend, moe_backend=moe_backend,
+                                       fuse_shared_experts=fuse_shared_experts),
             scheduler_config=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
             cache_config=CacheConfig(block_size=block_size, kv_cache_dtype=kv_cache_dtype,
                                      kv_cache_memory_bytes=kv_cache_memory_bytes,

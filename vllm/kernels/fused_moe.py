@@ -206,6 +206,8 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     weights) runs in the same launches as expert id E with weight 1."""
     _check(x, routed, shared)
     t, d = x.shape
+    if t == 0:
+        return torch.empty_like(x)
     num_experts = routed.w1.weight.shape[0]
     ids, weights = topk_ids, topk_weights.float()
     if shared is not None:

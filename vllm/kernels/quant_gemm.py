@@ -171,7 +171,7 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
     assert w.scale is not None or w.fmt == PLAIN, f"{w.fmt} weight without its scale"
     n_total, k = w.out_features, w.in_features
     assert n_total % groups == 0, f"{n_total} output features do not split into {groups} groups"
-    x3 = x.view(x.shape[0], groups, -1) if groups > 1 else x.view(x.shape[0], 1, -1)
+    x3 = x.reshape(x.shape[0], groups, -1)
     assert x3.shape[-1] == k, f"x has {x3.shape[-1]} features per group, weight expects {k}"
     m, n = x3.shape[0], n_total // groups
     if w.fmt == FP8_BLOCK:

@@ -14,6 +14,7 @@ import torch
 
 from vllm.attention.metadata import BatchEntry, build_attention_metadata
 from vllm.attention.selector import get_attention_backend
+from vllm.model_executor.layers.backends.selector import get_moe_gemm_backend
 from vllm.config import VllmConfig
 from vllm.config.cache import CPU_DEFAULT_KV_CACHE_BYTES
 from vllm.core.kv_cache.paged_rows import LayerCaches, allocate_layer_caches
@@ -49,6 +50,9 @@ class ModelRunner:
                                                show_progress=config.load_config.show_progress, resolved=resolved)
         self.backend = get_attention_backend(self.device, config.device_config.attention_backend,
                                              config.cache_config.kv_cache_dtype)
+        dc = config.device_config
+        formats = frozenset(m.method.fmt for m in self.model.modules() if hasattr(m, "method"))
+        self.moe_gemm = get_moe_gemm_backend(self.device, dc.moe_backend, formats, dc.fuse_shared_experts)
         self.sampler = Sampler(mc.seed)
         self.kv_groups = self.model.kv_cache_groups(config.cache_config)
         self.kv_caches: list[LayerCaches] = []
@@ -101,7 +105,7 @@ class ModelRunner:
     def _forward(self, ids: torch.Tensor, entries: list[BatchEntry], caches: list[LayerCaches]) -> torch.Tensor:
         meta = build_attention_metadata(entries, self.kv_groups, self.model_cfg.sliding_window,
                                         self.config.cache_config.block_size, self.device)
-        with set_forward_context(ForwardContext(caches, self.backend, meta)):
+        with set_forward_context(ForwardContext(caches, self.backend, meta, self.moe_gemm)):
             return self.model(ids, meta.positions)
 
     @torch.inference_mode()

@@ -15,6 +15,7 @@ from vllm.distributed import (
     get_tensor_model_parallel_world_size,
     tensor_model_parallel_all_reduce,
 )
+from vllm.forward_context import current_moe_gemm_backend
 from vllm.model_executor.layers.quantization.methods import LinearMethod, UnquantizedLinearMethod
 
 
@@ -63,7 +64,7 @@ class LinearBase(nn.Module):
         copy_checked(param, loaded, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.matmul(self, x)
+        return current_moe_gemm_backend().linear(x, self.method.quant_weight(self))
 
 
 class ReplicatedLinear(LinearBase):
@@ -90,7 +91,7 @@ class RowParallelLinear(LinearBase):
         return self.out_features, self.in_features // self.tp_size
 
     def forward(self, x):
-        return tensor_model_parallel_all_reduce(self.method.matmul(self, x))
+        return tensor_model_parallel_all_reduce(super().forward(x))
 
 
 class GroupedColumnLinear(ColumnParallelLinear):
@@ -105,9 +106,5 @@ class GroupedColumnLinear(ColumnParallelLinear):
         super().__init__(in_per_group, out_features, method, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g_local = self.groups // self.tp_size
-        w = self.method.weight(self).view(g_local, -1, self.in_features)  # [G, R, in_g]
-        xin = self.method.prepare_input(x)
-        compute = w.dtype if self.method.quantized else x.dtype
-        y = torch.einsum("tgi,gri->tgr", xin.to(compute), w.to(compute))  # [T, G, R]
-        return y.to(x.dtype)
+        """x `[T, G_local, in_g]` -> `[T, G_local, R]`."""
+        return current_moe_gemm_backend().linear(x, self.method.quant_weight(self), groups=self.groups // self.tp_size)

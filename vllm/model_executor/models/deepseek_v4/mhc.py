@@ -2,7 +2,8 @@
 
 The residual is `hc` parallel streams `X [T, hc, D]`. A sub-layer reads a token-dependent mix
 of the streams (`pre`), and writes back `post_k * y + sum_j comb[j,k] * X[j]` where `comb` is
-Sinkhorn-normalised to be (nearly) doubly stochastic.
+Sinkhorn-normalised to be (nearly) doubly stochastic. The math is the MoE/GEMM backend's
+(`vllm/kernels/mhc.py`: `mhc_pre_ref`, `mhc_post_ref`, `mhc_head_ref` define it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vllm.model_executor.layers.layernorm import rms_normalize
+from vllm.forward_context import current_moe_gemm_backend
 
 
 def _fp32_param(*shape: int) -> nn.Parameter:
@@ -29,26 +30,13 @@ class HyperConnection(nn.Module):
 
     def pre(self, streams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """streams `[T, hc, D]` -> (sub-layer input `[T, D]`, post `[T, hc]`, comb `[T, hc, hc]` fp32)."""
-        hc = self.hc
-        mixes = rms_normalize(streams.flatten(1).float(), self.norm_eps) @ self.fn.t()  # [T, (2+hc)*hc]
-        pre_m, post_m, comb_m = mixes.split([hc, hc, hc * hc], dim=-1)
-        pre_b, post_b, comb_b = self.base.split([hc, hc, hc * hc])
-        pre = torch.sigmoid(pre_m * self.scale[0] + pre_b) + self.hc_eps
-        post = 2 * torch.sigmoid(post_m * self.scale[1] + post_b)
-        comb = comb_m.unflatten(-1, (hc, hc)) * self.scale[2] + comb_b.view(hc, hc)
-        comb = torch.softmax(comb, dim=-1) + self.hc_eps
-        comb = comb / (comb.sum(-2, keepdim=True) + self.hc_eps)
-        for _ in range(self.iters - 1):
-            comb = comb / (comb.sum(-1, keepdim=True) + self.hc_eps)
-            comb = comb / (comb.sum(-2, keepdim=True) + self.hc_eps)
-        x = (pre.unsqueeze(-1) * streams.float()).sum(1).to(streams.dtype)
-        return x, post, comb
+        return current_moe_gemm_backend().mhc_pre(streams, self.fn, self.base, self.scale, self.iters, self.hc_eps,
+                                                  self.norm_eps)
 
-
-def hc_post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
-    """X_new[k] = post_k * y + sum_j comb[j, k] * residual[j]; fp32 math, residual dtype out."""
-    mixed = torch.einsum("tjk,tjd->tkd", comb, residual.float())
-    return (post.unsqueeze(-1) * y.float().unsqueeze(1) + mixed).to(residual.dtype)
+    @staticmethod
+    def post(y: torch.Tensor, residual: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
+        """X_new[k] = post_k * y + sum_j comb[j, k] * residual[j] (fp32 math, residual dtype out)."""
+        return current_moe_gemm_backend().mhc_post(y, residual, post, comb)
 
 
 class HyperHead(nn.Module):
@@ -62,6 +50,5 @@ class HyperHead(nn.Module):
         self.scale = _fp32_param(1)
 
     def forward(self, streams: torch.Tensor) -> torch.Tensor:
-        mixes = rms_normalize(streams.flatten(1).float(), self.norm_eps) @ self.fn.t()
-        w = torch.sigmoid(mixes * self.scale + self.base) + self.hc_eps  # [T, hc]
-        return (w.unsqueeze(-1) * streams.float()).sum(1).to(streams.dtype)
+        return current_moe_gemm_backend().mhc_head(streams, self.fn, self.base, self.scale, self.hc_eps,
+                                                   self.norm_eps)

@@ -16,7 +16,7 @@ from vllm.model_executor.layers.quantization.methods import LinearMethod, get_li
 from vllm.model_executor.models.deepseek_v4.attention import DeepseekV4Attention
 from vllm.model_executor.models.deepseek_v4.config import SLIDING, DeepseekV4Config
 from vllm.model_executor.models.deepseek_v4.kv_spec import kv_cache_groups
-from vllm.model_executor.models.deepseek_v4.mhc import HyperConnection, HyperHead, hc_post
+from vllm.model_executor.models.deepseek_v4.mhc import HyperConnection, HyperHead
 from vllm.model_executor.models.deepseek_v4.moe import DeepseekV4MoE
 
 
@@ -34,9 +34,9 @@ class DeepseekV4Block(nn.Module):
 
     def forward(self, streams: torch.Tensor, positions: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         x, post, comb = self.hc_attn.pre(streams)
-        streams = hc_post(self.attn(self.attn_norm(x), positions), streams, post, comb)
+        streams = self.hc_attn.post(self.attn(self.attn_norm(x), positions), streams, post, comb)
         x, post, comb = self.hc_ffn.pre(streams)
-        return hc_post(self.ffn(self.ffn_norm(x), input_ids), streams, post, comb)
+        return self.hc_ffn.post(self.ffn(self.ffn_norm(x), input_ids), streams, post, comb)
 
 
 class DeepseekV4MTPBlock(DeepseekV4Block):
