@@ -19,6 +19,7 @@ from vllm.attention.metadata import BatchEntry, build_attention_metadata
 from vllm.config.cache import CacheConfig
 from vllm.core.kv_cache.paged_rows import allocate_layer_caches
 from vllm.forward_context import ForwardContext, set_forward_context
+from vllm.model_executor.layers.backends.torch_backend import TorchMoEGemmBackend
 from vllm.model_executor.model_loader.tiny_checkpoint import TinyModelSpec, write_tiny_checkpoint
 from vllm.model_executor.models.deepseek_v4.config import CSA, HCA, SLIDING
 
@@ -45,9 +46,11 @@ def checkpoint_factory(tmp_path_factory):
     return make
 
 
-def run_model(model, ids: torch.Tensor, chunks: list[int] | None = None, kv_cache_dtype: str = "auto") -> torch.Tensor:
+def run_model(model, ids: torch.Tensor, chunks: list[int] | None = None, kv_cache_dtype: str = "auto",
+              moe_gemm=None) -> torch.Tensor:
     """Logits `[T, V]` for one sequence through the paged caches, fed in the given chunk sizes
-    (default: all at once). Blocks are handed out in order and never freed."""
+    (default: all at once). Blocks are handed out in order and never freed. `moe_gemm`: the
+    MoE/GEMM backend (default: the torch references)."""
     cfg = model.config
     block_size = math.lcm(16, *[r for r in cfg.compress_ratios[:cfg.num_layers] if r])
     groups = model.kv_cache_groups(CacheConfig(block_size=block_size, kv_cache_dtype=kv_cache_dtype))
@@ -61,7 +64,8 @@ def run_model(model, ids: torch.Tensor, chunks: list[int] | None = None, kv_cach
         for n in chunks:
             meta = build_attention_metadata([BatchEntry(start, n, tables)], groups, cfg.sliding_window, block_size,
                                             ids.device)
-            with set_forward_context(ForwardContext(caches, TorchAttentionBackend(), meta)):
+            with set_forward_context(ForwardContext(caches, TorchAttentionBackend(), meta,
+                                                    moe_gemm or TorchMoEGemmBackend())):
                 outs.append(model.compute_logits(model(ids[start:start + n], meta.positions)))
             start += n
     return torch.cat(outs)

@@ -96,12 +96,12 @@ def _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
                  WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
     acc1 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr,
-                       ws1_ptr, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N,
+                       ws1_ptr, n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N,
                        WBLOCK_K, COMPUTE, PRECISION)
     acc3 = acc1
     if GATED:
         acc3 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w3_ptr,
-                           ws3_ptr, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK,
+                           ws3_ptr, n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK,
                            WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
     return acc1, acc3
 

@@ -81,12 +81,13 @@ def linear_ref(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor
 
 
 @triton.jit
-def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, n_ok, k_lo, k_hi, K,
+def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, ns, n_ok, k_lo, k_hi, K,
                 stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BK: tl.constexpr,
                 WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
                 PRECISION: tl.constexpr):
     """acc `[BM, BN]` += A[rows, k_lo:k_hi] @ W[n, k_lo:k_hi]^T. `a_rows` / `as_rows`: element offsets
-    of each row of A and of its FP8 scales; W (and its scales) already offset to the expert/group."""
+    of each row of A and of its FP8 scales; W (and its scales) already offset to the expert; `n` the
+    tile's weight rows, `ns` the same rows as the scales count them (groups share straddling blocks)."""
     if W_FMT == 2:  # MXFP4: even and odd k against the low and high nibbles
         HALF: tl.constexpr = BK // 2
         c = tl.arange(0, HALF)
@@ -98,7 +99,7 @@ def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, n
             a_odd = tl.load(a_ptr + a_rows[:, None] + 2 * kc[None, :] + 1, mask=am, other=0.0).to(COMPUTE)
             wm = kok[:, None] & n_ok[None, :]
             wb = tl.load(w_ptr + n[None, :] * stride_wn + kc[:, None], mask=wm, other=0).to(tl.int32) & 0xFF
-            sb = tl.load(ws_ptr + n[None, :] * stride_wsn + (kc // 16)[:, None], mask=wm, other=127).to(tl.int32)
+            sb = tl.load(ws_ptr + ns[None, :] * stride_wsn + (kc // 16)[:, None], mask=wm, other=127).to(tl.int32)
             sb = sb & 0xFF
             part = tl.dot(a_even, e2m1_scaled(wb & 0xF, sb).to(COMPUTE), input_precision=PRECISION)
             part += tl.dot(a_odd, e2m1_scaled(wb >> 4, sb).to(COMPUTE), input_precision=PRECISION)
@@ -114,7 +115,7 @@ def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, n
             w = tl.load(w_ptr + n[None, :] * stride_wn + k[:, None], mask=kok[:, None] & n_ok[None, :], other=0.0)
             part = tl.dot(a.to(COMPUTE), w.to(COMPUTE), input_precision=PRECISION)
             if W_FMT == 1:  # FP8 blocks: one scale per (n block, k block); the K tile sits in one block
-                sw = tl.load(ws_ptr + (n // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk, mask=n_ok,
+                sw = tl.load(ws_ptr + (ns // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk, mask=n_ok,
                              other=0).to(tl.int32) & 0xFF
                 part *= ((sw << 23).to(tl.float32, bitcast=True))[None, :]
             if A_FP8:
@@ -125,7 +126,7 @@ def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, n
 
 @triton.jit
 def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stride_am, stride_ag, stride_asm,
-                   stride_asg, stride_wn, stride_wg, stride_wsn, stride_wsk, stride_wsg, stride_os, stride_om,
+                   stride_asg, stride_wn, stride_wg, stride_wsn, stride_wsk, stride_os, stride_om,
                    stride_og, SPLITS: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
                    COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
@@ -140,7 +141,7 @@ def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stri
     k_hi = tl.minimum(k_lo + k_split, K)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     acc = _accumulate(acc, a_ptr + g * stride_ag, rows * stride_am, row_ok, as_ptr + g * stride_asg,
-                      rows * stride_asm, w_ptr + g * stride_wg, ws_ptr + g * stride_wsg, n, n_ok, k_lo, k_hi, K,
+                      rows * stride_asm, w_ptr + g * stride_wg, ws_ptr, n, n + g * N, n_ok, k_lo, k_hi, K,
                       stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
     out = out_ptr + split * stride_os + g * stride_og + rows[:, None] * stride_om + n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
@@ -174,8 +175,6 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
     x3 = x.reshape(x.shape[0], groups, -1)
     assert x3.shape[-1] == k, f"x has {x3.shape[-1]} features per group, weight expects {k}"
     m, n = x3.shape[0], n_total // groups
-    if w.fmt == FP8_BLOCK:
-        assert groups == 1 or n % w.block[0] == 0, f"group rows {n} must be whole {w.block[0]}-row FP8 blocks"
     if w.fmt == MXFP4:
         assert k % MXFP4_GROUP == 0, f"MXFP4 needs K % {MXFP4_GROUP} == 0, got {k}"
     out = torch.empty(m, groups, n, dtype=x.dtype, device=x.device)
@@ -198,11 +197,10 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
     target = out if splits == 1 else torch.empty(splits, m, groups, n, dtype=torch.float32, device=x.device)
     ws = w.scale if w.scale is not None else w.weight
     wsn, wsk = (ws.stride(-2), ws.stride(-1)) if w.scale is not None else (0, 0)
-    wsg = (n // w.block[0]) * wsn if w.fmt == FP8_BLOCK else n * wsn
     cdt = compute_dtype(x, w)
     _linear_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), groups * splits)](
         a, a_s, w.weight, ws, target, m, n, k, k_split, a.stride(0), a.stride(1), a_s.stride(0), a_s.stride(1),
-        w.weight.stride(0), n * w.weight.stride(0), wsn, wsk, wsg, target.stride(0) if splits > 1 else 0,
+        w.weight.stride(0), n * w.weight.stride(0), wsn, wsk, target.stride(0) if splits > 1 else 0,
         target.stride(-3), target.stride(-2), SPLITS=splits, W_FMT=_FMT_CODE[w.fmt], A_FP8=w.act_fp8, BM=bm,
         BN=bn, BK=bk, WBLOCK_N=w.block[0], WBLOCK_K=w.block[1], COMPUTE=cdt,
         PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),

@@ -1,0 +1,136 @@
+"""DeepSeek V4 quantized linears and fused MoE at V4-Flash shapes: Triton vs references, with roofline.
+
+Checks every Triton result against the torch reference first, then times it (CUDA graph replays)
+next to: the torch reference (dequantize + fp32 matmul, eager), cuBLAS bf16 on the dequantized
+weight, and `torch._scaled_mm` FP8 (per-row/column scales — a coarser quantization than DeepSeek's
+blocks, shown as the hardware FP8 GEMM's speed). Writes one JSON.
+
+    PYTHONPATH=. python benchmarks/kernels/bench_moe_gemm.py --out benchmarks/results/h100_moe_gemm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import triton
+
+from benchmarks.kernels.common import bench, ceilings, roofline
+from vllm.kernels import fused_moe as fm
+from vllm.kernels.quant_gemm import FP8_BLOCK, MXFP4, QuantWeight, linear, linear_ref
+from vllm.kernels.testing import assert_close
+from vllm.model_executor.layers.quantization.formats import quant_fp8_block, quant_mxfp4
+
+D, E, TOP_K, INTER, H, HEAD, Q_LORA, O_GROUPS, O_LORA, IDX_H, IDX_D = 4096, 256, 6, 2048, 64, 512, 1024, 8, 1024, 64, 128
+LINEARS = {  # name: (out, in, groups) — the block-FP8 projections of one V4-Flash layer
+    "wq_a": (Q_LORA, D, 1), "wkv": (HEAD, D, 1), "wq_b": (H * HEAD, Q_LORA, 1), "wo_a": (O_GROUPS * O_LORA, H * HEAD // O_GROUPS, O_GROUPS),
+    "wo_b": (D, O_GROUPS * O_LORA, 1), "shared_w1": (INTER, D, 1), "shared_w2": (D, INTER, 1),
+    "indexer_wq_b": (IDX_H * IDX_D, Q_LORA, 1),
+}
+TOKENS = (1, 8, 32, 128, 1024, 4096)
+MOE_BATCHES = (1, 8, 32, 128, 1024)
+
+
+def fp8_weight(n: int, k: int) -> QuantWeight:
+    q, s = quant_fp8_block(torch.randn(n, k, device="cuda") * 0.02)
+    return QuantWeight(q, s, FP8_BLOCK, act_fp8=True)
+
+
+def weight_bytes(w: QuantWeight) -> int:
+    return w.weight.numel() * w.weight.element_size() + (0 if w.scale is None else w.scale.numel())
+
+
+def run_linears(results, bw, mm, tokens):
+    for name, (n, k, groups) in LINEARS.items():
+        w = fp8_weight(n, k)
+        dense = w.dense().to(torch.bfloat16)
+        rowwise = dense.to(torch.float8_e4m3fn)  # _scaled_mm operand (unit scales; speed only)
+        for m in tokens:
+            x = torch.randn(m, groups, k // groups if groups > 1 else k, device="cuda", dtype=torch.bfloat16)
+            x = x if groups > 1 else x[:, 0]
+            assert_close(linear(x, w, groups), linear_ref(x, w, groups), 1e-2, name)
+            nbytes = weight_bytes(w) + x.numel() * 2 + m * n * 2
+            flops = 2 * m * n * (k // groups)
+            row = {"op": "fp8_linear", "name": name, "tokens": m, "N": n, "K": k, "groups": groups,
+                   "triton": roofline(bench(lambda: linear(x, w, groups)), nbytes, flops, bw, mm)}
+            if groups == 1:
+                row["cublas_bf16_us"] = round(bench(lambda: x @ dense.T), 2)
+                xs = x.to(torch.float8_e4m3fn)
+                one = torch.ones((), device="cuda")
+                mm8 = torch._scaled_mm(xs, rowwise.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16) \
+                    if m % 16 == 0 else None
+                if mm8 is not None:
+                    row["scaled_mm_fp8_us"] = round(bench(lambda: torch._scaled_mm(
+                        xs, rowwise.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)), 2)
+            if m <= 128:
+                row["torch_ref_us"] = round(bench(lambda: linear_ref(x, w, groups), graph=False), 2)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+
+
+def moe_weights() -> tuple[fm.ExpertWeights, fm.ExpertWeights]:
+    def stack(n, k):
+        qs = [quant_mxfp4(torch.randn(n, k, device="cuda") * 0.02) for _ in range(E)]
+        return QuantWeight(torch.stack([q for q, _ in qs]), torch.stack([s for _, s in qs]), MXFP4, act_fp8=True)
+
+    routed = fm.ExpertWeights(stack(INTER, D), stack(INTER, D), stack(D, INTER))
+    shared = fm.ExpertWeights(fp8_weight(INTER, D), fp8_weight(INTER, D), fp8_weight(D, INTER))
+    return routed, shared
+
+
+def run_moe(results, bw, mm, batches):
+    routed, shared = moe_weights()
+    per_expert = sum(weight_bytes(w) for w in routed) // E
+    shared_bytes = sum(weight_bytes(w) for w in shared)
+    for t in batches:
+        x = torch.randn(t, D, device="cuda", dtype=torch.bfloat16)
+        ids = torch.rand(t, E, device="cuda").argsort(1)[:, :TOP_K].to(torch.int32)
+        w = torch.rand(t, TOP_K, device="cuda")
+        ref = fm.fused_moe_ref(x, w, ids, routed, 10.0, shared)
+        assert_close(fm.fused_moe(x, w, ids, routed, 10.0, shared), ref, 2e-2, f"moe t={t}")
+        touched = torch.unique(ids).numel()
+        nbytes = touched * per_expert + shared_bytes + 2 * t * D * 2
+        flops = 2 * t * (TOP_K + 1) * 3 * D * INTER
+
+        def unfused():
+            out = fm.fused_moe(x, w, ids, routed, 10.0)
+            h = fm.clamped_swiglu(linear(x, shared.w1).float(), linear(x, shared.w3).float(), 10.0)
+            return out + linear(h.to(x.dtype), shared.w2)
+
+        row = {"op": "fused_moe", "tokens": t, "experts_touched": touched,
+               "fused_shared": roofline(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0, shared)), nbytes, flops,
+                                        bw, mm),
+               "unfused_shared_us": round(bench(unfused), 2),
+               "routed_only_us": round(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0)), 2)}
+        if t <= 32:
+            row["torch_ref_us"] = round(bench(lambda: fm.fused_moe_ref(x, w, ids, routed, 10.0, shared),
+                                              graph=False), 1)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--ops", default="linear,moe")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    bw, mm = ceilings()
+    results, t0 = [], time.time()
+    if "linear" in a.ops:
+        run_linears(results, bw, mm, TOKENS)
+    if "moe" in a.ops:
+        run_moe(results, bw, mm, MOE_BATCHES)
+    doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm},
+           "shapes": {"hidden": D, "experts": E, "top_k": TOP_K, "moe_inter": INTER, "linears": LINEARS},
+           "timing": "Triton and cuBLAS: median of CUDA graph replays; torch references: eager (CUDA events)",
+           "seconds": round(time.time() - t0, 1), "results": results}
+    with open(a.out, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
