@@ -154,14 +154,17 @@ def compute_dtype(x: torch.Tensor, w: QuantWeight):
     return tl.bfloat16 if exact_bf16 and not interpreting() else tl.float32
 
 
-def gemm_config(m: int) -> tuple[int, int, int, int, int]:
+def gemm_config(m: int, fp32: bool) -> tuple[int, int, int, int, int]:
     """(BM, BN, BK, num_warps, num_stages) by token count: decode shapes stream the weight with
-    narrow tiles; prefill uses 128x128 tiles (K tile 64 keeps FP8 block scales per tile)."""
+    narrow tiles; prefill uses 128x128 tiles (K tile 64 keeps FP8 block scales per tile). fp32
+    operands take half the K tile to stay within shared memory."""
     if m <= 16:
-        return 16, 64, 128, 4, 4
-    if m <= 64:
-        return 64, 64, 128, 4, 3
-    return 128, 128, 64, 8, 3
+        cfg = 16, 64, 128, 4, 4
+    elif m <= 64:
+        cfg = 64, 64, 128, 4, 3
+    else:
+        cfg = 128, 128, 64, 8, 3
+    return (cfg[0], cfg[1], cfg[2] // 2, cfg[3], min(cfg[4], 2)) if fp32 else cfg
 
 
 def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
@@ -185,7 +188,8 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
         a, a_s = a.view(m, groups, k), a_s.view(m, groups, -1)
     else:
         a, a_s = x3, x3.new_empty(1, 1, 1, dtype=torch.float32)
-    bm, bn, bk, warps, stages = gemm_config(m)
+    cdt = compute_dtype(x, w)
+    bm, bn, bk, warps, stages = gemm_config(m, cdt == tl.float32)
     if w.fmt == FP8_BLOCK:
         bk = min(bk, w.block[1])
         assert w.block[1] % bk == 0
@@ -197,7 +201,6 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
     target = out if splits == 1 else torch.empty(splits, m, groups, n, dtype=torch.float32, device=x.device)
     ws = w.scale if w.scale is not None else w.weight
     wsn, wsk = (ws.stride(-2), ws.stride(-1)) if w.scale is not None else (0, 0)
-    cdt = compute_dtype(x, w)
     _linear_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), groups * splits)](
         a, a_s, w.weight, ws, target, m, n, k, k_split, a.stride(0), a.stride(1), a_s.stride(0), a_s.stride(1),
         w.weight.stride(0), n * w.weight.stride(0), wsn, wsk, target.stride(0) if splits > 1 else 0,

@@ -58,7 +58,7 @@ def quant_fp8_block(w: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tup
     """fp32 `[out, in]` -> (e4m3 weight, uint8 UE8M0 scale per block)."""
     rows, cols = w.shape
     nb = _blocks_2d((rows, cols), block)
-    pad = torch.zeros(nb[0] * block[0], nb[1] * block[1], dtype=torch.float32)
+    pad = torch.zeros(nb[0] * block[0], nb[1] * block[1], dtype=torch.float32, device=w.device)
     pad[:rows, :cols] = w.float()
     tiles = pad.view(nb[0], block[0], nb[1], block[1])
     s = ue8m0_scale(tiles.abs().amax(dim=(1, 3)), FP8_MAX, FP8_AMAX_FLOOR)  # [nb0, nb1]
@@ -94,7 +94,7 @@ def quant_mxfp4(w: torch.Tensor, group: int = 32) -> tuple[torch.Tensor, torch.T
     g = w.float().view(rows, cols // group, group)
     s = ue8m0_scale(g.abs().amax(-1, keepdim=True), FP4_MAX, FP4_AMAX_FLOOR)
     x = (g / s).clamp(-FP4_MAX, FP4_MAX).view(rows, cols)
-    table = torch.tensor(E2M1_VALUES[:8], dtype=torch.float32)
+    table = torch.tensor(E2M1_VALUES[:8], dtype=torch.float32, device=w.device)
     mag = (x.abs().unsqueeze(-1) - table).abs().argmin(-1)  # nearest e2m1 magnitude
     code = (mag | ((x < 0).long() << 3)).to(torch.uint8)
     packed = code[:, 0::2] | (code[:, 1::2] << 4)
