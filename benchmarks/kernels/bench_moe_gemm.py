@@ -25,7 +25,8 @@ from vllm.model_executor.layers.quantization.formats import quant_fp8_block, qua
 
 D, E, TOP_K, INTER, H, HEAD, Q_LORA, O_GROUPS, O_LORA, IDX_H, IDX_D = 4096, 256, 6, 2048, 64, 512, 1024, 8, 1024, 64, 128
 LINEARS = {  # name: (out, in, groups) — the block-FP8 projections of one V4-Flash layer
-    "wq_a": (Q_LORA, D, 1), "wkv": (HEAD, D, 1), "wq_b": (H * HEAD, Q_LORA, 1), "wo_a": (O_GROUPS * O_LORA, H * HEAD // O_GROUPS, O_GROUPS),
+    "wq_a": (Q_LORA, D, 1), "wkv": (HEAD, D, 1), "wq_b": (H * HEAD, Q_LORA, 1),
+    "wo_a": (O_GROUPS * O_LORA, H * HEAD // O_GROUPS, O_GROUPS),  # K = inputs per group
     "wo_b": (D, O_GROUPS * O_LORA, 1), "shared_w1": (INTER, D, 1), "shared_w2": (D, INTER, 1),
     "indexer_wq_b": (IDX_H * IDX_D, Q_LORA, 1),
 }
@@ -48,11 +49,11 @@ def run_linears(results, bw, mm, tokens):
         dense = w.dense().to(torch.bfloat16)
         rowwise = dense.to(torch.float8_e4m3fn)  # _scaled_mm operand (unit scales; speed only)
         for m in tokens:
-            x = torch.randn(m, groups, k // groups if groups > 1 else k, device="cuda", dtype=torch.bfloat16)
+            x = torch.randn(m, groups, k, device="cuda", dtype=torch.bfloat16)  # k: inputs per group
             x = x if groups > 1 else x[:, 0]
             assert_close(linear(x, w, groups), linear_ref(x, w, groups), 1e-2, name)
             nbytes = weight_bytes(w) + x.numel() * 2 + m * n * 2
-            flops = 2 * m * n * (k // groups)
+            flops = 2 * m * n * k
             row = {"op": "fp8_linear", "name": name, "tokens": m, "N": n, "K": k, "groups": groups,
                    "triton": roofline(bench(lambda: linear(x, w, groups)), nbytes, flops, bw, mm)}
             if groups == 1:

@@ -84,7 +84,7 @@ def linear_ref(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor
 def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, ns, n_ok, k_lo, k_hi, K,
                 stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BK: tl.constexpr,
                 WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
-                PRECISION: tl.constexpr):
+                PRECISION: tl.constexpr, FP8_DOT: tl.constexpr = False):
     """acc `[BM, BN]` += A[rows, k_lo:k_hi] @ W[n, k_lo:k_hi]^T. `a_rows` / `as_rows`: element offsets
     of each row of A and of its FP8 scales; W (and its scales) already offset to the expert; `n` the
     tile's weight rows, `ns` the same rows as the scales count them (groups share straddling blocks)."""
@@ -99,8 +99,11 @@ def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, n
             a_odd = tl.load(a_ptr + a_rows[:, None] + 2 * kc[None, :] + 1, mask=am, other=0.0).to(COMPUTE)
             wm = kok[:, None] & n_ok[None, :]
             wb = tl.load(w_ptr + n[None, :] * stride_wn + kc[:, None], mask=wm, other=0).to(tl.int32) & 0xFF
-            sb = tl.load(ws_ptr + ns[None, :] * stride_wsn + (kc // 16)[:, None], mask=wm, other=127).to(tl.int32)
-            sb = sb & 0xFF
+            # one scale byte per 32 k = 16 packed columns: load [BK/32, BN], broadcast over the 16
+            g = k0 // 32 + tl.arange(0, BK // 32)
+            sb = tl.load(ws_ptr + ns[None, :] * stride_wsn + g[:, None], mask=(g < K // 32)[:, None] & n_ok[None, :],
+                         other=127).to(tl.int32) & 0xFF
+            sb = tl.reshape(tl.broadcast_to(sb[:, None, :], (BK // 32, 16, n.shape[0])), (HALF, n.shape[0]))
             part = tl.dot(a_even, e2m1_scaled(wb & 0xF, sb).to(COMPUTE), input_precision=PRECISION)
             part += tl.dot(a_odd, e2m1_scaled(wb >> 4, sb).to(COMPUTE), input_precision=PRECISION)
             if A_FP8:
@@ -113,7 +116,10 @@ def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, n
             kok = k < K
             a = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=row_ok[:, None] & kok[None, :], other=0.0)
             w = tl.load(w_ptr + n[None, :] * stride_wn + k[:, None], mask=kok[:, None] & n_ok[None, :], other=0.0)
-            part = tl.dot(a.to(COMPUTE), w.to(COMPUTE), input_precision=PRECISION)
+            if FP8_DOT:  # e4m3 x e4m3 on the tensor cores, promoted to fp32 per K tile (DeepGEMM's recipe)
+                part = tl.dot(a, w)
+            else:
+                part = tl.dot(a.to(COMPUTE), w.to(COMPUTE), input_precision=PRECISION)
             if W_FMT == 1:  # FP8 blocks: one scale per (n block, k block); the K tile sits in one block
                 sw = tl.load(ws_ptr + (ns // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk, mask=n_ok,
                              other=0).to(tl.int32) & 0xFF
@@ -129,7 +135,7 @@ def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stri
                    stride_asg, stride_wn, stride_wg, stride_wsn, stride_wsk, stride_os, stride_om,
                    stride_og, SPLITS: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
-                   COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+                   COMPUTE: tl.constexpr, PRECISION: tl.constexpr, FP8_DOT: tl.constexpr):
     pid_m, pid_n, pid_gs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = pid_gs // SPLITS
     split = pid_gs % SPLITS
@@ -142,7 +148,8 @@ def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stri
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     acc = _accumulate(acc, a_ptr + g * stride_ag, rows * stride_am, row_ok, as_ptr + g * stride_asg,
                       rows * stride_asm, w_ptr + g * stride_wg, ws_ptr, n, n + g * N, n_ok, k_lo, k_hi, K,
-                      stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+                      stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION,
+                      FP8_DOT)
     out = out_ptr + split * stride_os + g * stride_og + rows[:, None] * stride_om + n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
@@ -152,6 +159,13 @@ def compute_dtype(x: torch.Tensor, w: QuantWeight):
     and the interpreter, whose bf16 dot is inexact)."""
     exact_bf16 = (w.fmt != PLAIN or w.weight.dtype == torch.bfloat16) and (w.act_fp8 or x.dtype == torch.bfloat16)
     return tl.bfloat16 if exact_bf16 and not interpreting() else tl.float32
+
+
+def fp8_tensor_cores(x: torch.Tensor, w: QuantWeight) -> bool:
+    """FP8 x FP8 dots for block-FP8 weights in bf16 models on SM >= 8.9: products stay exact, the
+    MMA's own accumulation is promoted to fp32 every K tile. fp32 models keep the exact bf16 path."""
+    return (w.fmt == FP8_BLOCK and w.act_fp8 and x.dtype == torch.bfloat16 and x.is_cuda and not interpreting()
+            and torch.cuda.get_device_capability(x.device) >= (8, 9))
 
 
 def gemm_config(m: int, fp32: bool) -> tuple[int, int, int, int, int]:
@@ -195,7 +209,7 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
         assert w.block[1] % bk == 0
     grid_mn = triton.cdiv(m, bm) * triton.cdiv(n, bn) * groups
     k_tiles = triton.cdiv(k, bk)
-    splits = max(1, min(k_tiles // 2, 264 // grid_mn)) if m <= 64 else 1
+    splits = max(1, min(k_tiles // 2, 264 // grid_mn))  # fill the GPU when the M x N tiles do not
     k_split = triton.cdiv(k_tiles, splits) * bk
     splits = triton.cdiv(k, k_split)
     target = out if splits == 1 else torch.empty(splits, m, groups, n, dtype=torch.float32, device=x.device)
@@ -207,7 +221,7 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
         target.stride(-3), target.stride(-2), SPLITS=splits, W_FMT=_FMT_CODE[w.fmt], A_FP8=w.act_fp8, BM=bm,
         BN=bn, BK=bk, WBLOCK_N=w.block[0], WBLOCK_K=w.block[1], COMPUTE=cdt,
         PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
-        num_warps=warps, num_stages=stages)
+        FP8_DOT=fp8_tensor_cores(x, w), num_warps=warps, num_stages=stages)
     if splits > 1:
         out = target.sum(0).to(x.dtype)
     return out.view(m, n_total) if groups == 1 else out
