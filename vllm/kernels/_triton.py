@@ -49,3 +49,21 @@ def next_pow2(n: int) -> int:
 def dot_precision(dtype) -> str:
     """`tl.dot` input precision: fp32 operands get true fp32 (an fp32 model must not silently run tf32)."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def triton_unsupported_reason(device, fp8: str | None = None) -> str | None:
+    """Why the Triton kernels cannot run on `device` (None if they can): Triton installed, a CUDA
+    GPU of compute capability >= 8.0 (bf16 tensor cores), >= 8.9 when `fp8` names something that
+    needs the e4m3 conversion; on a CPU only in the interpreter."""
+    if not HAS_TRITON:
+        return "triton is not installed"
+    if device.type == "cpu":
+        return None if interpreting() else "runs on CUDA GPUs (on a CPU only under TRITON_INTERPRET=1)"
+    if device.type != "cuda":
+        return f"runs on CUDA GPUs, not {device.type}"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 0):
+        return f"needs compute capability >= 8.0, this GPU is {cap[0]}.{cap[1]}"
+    if fp8 and cap < (8, 9):
+        return f"{fp8} needs compute capability >= 8.9 (e4m3 conversion), this GPU is {cap[0]}.{cap[1]}"
+    return None

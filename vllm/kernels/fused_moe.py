@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from vllm.kernels._triton import dot_precision, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
-from vllm.kernels.quant_gemm import ACT_BLOCK, PLAIN, _FMT_CODE, QuantWeight, _accumulate, compute_dtype, linear_ref
+from vllm.kernels.quant_gemm import ACT_BLOCK, _FMT_CODE, QuantWeight, _accumulate, compute_dtype, linear_ref
 
 
 class ExpertWeights(NamedTuple):
@@ -36,17 +36,18 @@ def clamped_swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float) -> torch.
     return F.silu(gate.clamp(max=limit)) * up.clamp(-limit, limit)
 
 
-def _expert_ref(x: torch.Tensor, w: ExpertWeights, e: int | None, route_w: torch.Tensor | None,
-                limit: float) -> torch.Tensor:
-    def proj(q: QuantWeight, a: torch.Tensor) -> torch.Tensor:
-        if e is None:
-            return linear_ref(a, q)
-        return linear_ref(a, q._replace(weight=q.weight[e], scale=None if q.scale is None else q.scale[e]))
-
-    h = clamped_swiglu(proj(w.w1, x).float(), proj(w.w3, x).float(), limit)
+def dense_expert(x: torch.Tensor, w: ExpertWeights, limit: float, linear=linear_ref,
+                 route_w: torch.Tensor | None = None) -> torch.Tensor:
+    """One expert on all rows of x through `linear` (the reference or the kernel): w2(swiglu(w1 x,
+    w3 x) [* route_w, before w2 as the reference does])."""
+    h = clamped_swiglu(linear(x, w.w1).float(), linear(x, w.w3).float(), limit)
     if route_w is not None:
-        h = h * route_w[:, None]  # the reference weights h before w2
-    return proj(w.w2, h.to(x.dtype))
+        h = h * route_w[:, None]
+    return linear(h.to(x.dtype), w.w2)
+
+
+def _one_expert(w: ExpertWeights, e: int) -> ExpertWeights:
+    return ExpertWeights(*(q._replace(weight=q.weight[e], scale=None if q.scale is None else q.scale[e]) for q in w))
 
 
 def fused_moe_ref(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, routed: ExpertWeights,
@@ -56,9 +57,10 @@ def fused_moe_ref(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     for e in torch.unique(topk_ids).tolist():
         tok, slot = torch.nonzero(topk_ids == e, as_tuple=True)
-        out.index_add_(0, tok, _expert_ref(x[tok], routed, e, topk_weights[tok, slot], limit).float())
+        y = dense_expert(x[tok], _one_expert(routed, e), limit, route_w=topk_weights[tok, slot])
+        out.index_add_(0, tok, y.float())
     out = out.to(x.dtype)
-    return out if shared is None else out + _expert_ref(x, shared, None, None, limit)
+    return out if shared is None else out + dense_expert(x, shared, limit)
 
 
 class MoEAlignment(NamedTuple):
@@ -75,7 +77,8 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlig
     p = flat.numel()
     max_blocks = -(-p // block_m) + min(p, num_experts)
     order = torch.argsort(flat, stable=True)
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would sync with the host
     blocks_per = (counts + block_m - 1) // block_m
     block_end = torch.cumsum(blocks_per, 0)
     row_start = torch.cumsum(counts, 0) - counts
@@ -234,4 +237,4 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     return out if shared is None else out + y[:, k]
 
 
-__all__ = ["ExpertWeights", "MoEAlignment", "clamped_swiglu", "fused_moe", "fused_moe_ref", "moe_align", "PLAIN"]
+__all__ = ["ExpertWeights", "MoEAlignment", "clamped_swiglu", "dense_expert", "fused_moe", "fused_moe_ref", "moe_align"]

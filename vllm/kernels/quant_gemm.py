@@ -16,9 +16,9 @@ from typing import NamedTuple
 import torch
 
 from vllm.kernels._triton import dot_precision, interpreting, tl, triton
-from vllm.kernels.act_quant import act_quant_fp8, act_quant_fp8_ref
+from vllm.kernels.act_quant import act_quant_fp8
 from vllm.kernels.quant_codec import e2m1_scaled
-from vllm.model_executor.layers.quantization.formats import dequant_fp8_block, dequant_mxfp4
+from vllm.model_executor.layers.quantization.formats import dequant_fp8_block, dequant_mxfp4, quant_dequant_fp8_act
 
 PLAIN, FP8_BLOCK, MXFP4 = "plain", "fp8_block", "mxfp4"
 _FMT_CODE = {PLAIN: 0, FP8_BLOCK: 1, MXFP4: 2}
@@ -58,19 +58,10 @@ class QuantWeight(NamedTuple):
         return w
 
 
-def quantize_input_ref(x: torch.Tensor, w: QuantWeight) -> torch.Tensor:
-    """The activation the format multiplies (FP8 quantize-dequantize or x itself)."""
-    if not w.act_fp8:
-        return x
-    q, s = act_quant_fp8_ref(x.reshape(-1, x.shape[-1]), ACT_BLOCK)
-    deq = q.float() * s.repeat_interleave(ACT_BLOCK, 1)[:, :x.shape[-1]]
-    return deq.view(x.shape)
-
-
 def linear_ref(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
     """x `[M, K]` (or `[M, G, K/G... ]` as `[M, G, K_g]` when groups > 1) -> `[M, N]` (`[M, G, N/G]`), x.dtype.
     Quantized formats compute in fp32; plain weights in x.dtype."""
-    xin = quantize_input_ref(x, w)
+    xin = quant_dequant_fp8_act(x, ACT_BLOCK) if w.act_fp8 else x  # the reference's QAT point
     if groups == 1:
         if w.fmt == PLAIN:
             return torch.nn.functional.linear(x, w.weight.to(x.dtype))

@@ -10,10 +10,7 @@ import torch
 
 from vllm.attention.backend import AttentionBackend
 from vllm.kernels import compress_pool, fp8_ds_mla, indexer_topk, sparse_attn
-from vllm.kernels._triton import HAS_TRITON, interpreting
-
-MIN_CAPABILITY = (8, 0)
-FP8_MIN_CAPABILITY = (8, 9)  # e4m3 -> bf16 conversion in the attention kernel's loads
+from vllm.kernels._triton import triton_unsupported_reason
 
 
 class TritonAttentionBackend(AttentionBackend):
@@ -21,18 +18,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     @classmethod
     def unsupported_reason(cls, device: torch.device, kv_cache_dtype: str = "auto") -> str | None:
-        if not HAS_TRITON:
-            return "triton is not installed"
-        if device.type == "cpu":
-            return None if interpreting() else "runs on CUDA GPUs (on a CPU only under TRITON_INTERPRET=1)"
-        if device.type != "cuda":
-            return f"runs on CUDA GPUs, not {device.type}"
-        cap = torch.cuda.get_device_capability(device)
-        if cap < MIN_CAPABILITY:
-            return f"needs compute capability >= 8.0, this GPU is {cap[0]}.{cap[1]}"
-        if kv_cache_dtype != "auto" and cap < FP8_MIN_CAPABILITY:
-            return f"an fp8 KV cache needs compute capability >= 8.9, this GPU is {cap[0]}.{cap[1]}"
-        return None
+        return triton_unsupported_reason(device, "an fp8 KV cache" if kv_cache_dtype != "auto" else None)
 
     def sparse_attention(self, q, sources, sink, scale):
         return sparse_attn.sparse_attn(q, sources, sink, scale)

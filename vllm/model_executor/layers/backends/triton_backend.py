@@ -3,10 +3,8 @@ included; FP8 weights need SM 8.9 for the e4m3 convert). On CPU only in Triton's
 
 from __future__ import annotations
 
-import torch
-
 from vllm.kernels import fused_moe, mhc, moe_router, quant_gemm
-from vllm.kernels._triton import HAS_TRITON, interpreting
+from vllm.kernels._triton import triton_unsupported_reason
 from vllm.model_executor.layers.backends.base import MoEGemmBackend
 
 
@@ -15,18 +13,7 @@ class TritonMoEGemmBackend(MoEGemmBackend):
 
     @classmethod
     def unsupported_reason(cls, device, weight_formats=frozenset()):
-        if not HAS_TRITON:
-            return "triton is not installed"
-        if device.type == "cpu":
-            return None if interpreting() else "CPU runs Triton only in its interpreter (TRITON_INTERPRET=1)"
-        if device.type != "cuda":
-            return f"no Triton kernels for {device.type}"
-        sm = torch.cuda.get_device_capability(device)
-        if sm < (8, 0):
-            return f"needs SM >= 8.0 (bf16 tensor cores), this GPU is SM {sm[0]}.{sm[1]}"
-        if quant_gemm.FP8_BLOCK in weight_formats and sm < (8, 9):
-            return f"FP8 weights need SM >= 8.9 (e4m3 conversion), this GPU is SM {sm[0]}.{sm[1]}"
-        return None
+        return triton_unsupported_reason(device, "FP8 weights" if quant_gemm.FP8_BLOCK in weight_formats else None)
 
     def linear(self, x, w, groups=1):
         return quant_gemm.linear(x, w, groups)
@@ -35,9 +22,7 @@ class TritonMoEGemmBackend(MoEGemmBackend):
         if shared is None or self.fuse_shared_experts:
             return fused_moe.fused_moe(x, topk_weights, topk_ids, routed, limit, shared)
         out = fused_moe.fused_moe(x, topk_weights, topk_ids, routed, limit)
-        gate, up = quant_gemm.linear(x, shared.w1), quant_gemm.linear(x, shared.w3)
-        h = fused_moe.clamped_swiglu(gate.float(), up.float(), limit).to(x.dtype)
-        return out + quant_gemm.linear(h, shared.w2)
+        return out + fused_moe.dense_expert(x, shared, limit, quant_gemm.linear)
 
     def router(self, x, weight, bias, tid2eid, input_ids, *, top_k, score_func, renormalize, scaling):
         return moe_router.router(x, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,

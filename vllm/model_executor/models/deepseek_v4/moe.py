@@ -17,6 +17,11 @@ from vllm.model_executor.layers.quantization.methods import LinearMethod
 from vllm.model_executor.models.deepseek_v4.config import DeepseekV4Config
 
 
+def _weights(expert: nn.Module) -> ExpertWeights:
+    """An expert module's gate/up/down projections as the backend's `QuantWeight`s."""
+    return ExpertWeights(*(p.method.quant_weight(p) for p in (expert.w1, expert.w3, expert.w2)))
+
+
 class Router(nn.Module):
     """Gate `weight [E, D]`; `bias [E]` (top-k layers) or `tid2eid [V, k]` (hash layers)."""
 
@@ -67,7 +72,7 @@ class RoutedExperts(nn.Module):
         self.w2 = ExpertProjection(e, d, i, m(), dtype)
 
     def weights(self) -> ExpertWeights:
-        return ExpertWeights(*(p.method.quant_weight(p) for p in (self.w1, self.w3, self.w2)))
+        return _weights(self)
 
 
 class SharedExpert(nn.Module):
@@ -79,7 +84,7 @@ class SharedExpert(nn.Module):
         self.w2 = RowParallelLinear(i, d, m(), dtype)
 
     def weights(self) -> ExpertWeights:
-        return ExpertWeights(*(p.method.quant_weight(p) for p in (self.w1, self.w3, self.w2)))
+        return _weights(self)
 
 
 class DeepseekV4MoE(nn.Module):
