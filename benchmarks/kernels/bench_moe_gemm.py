@@ -5,7 +5,7 @@ next to: the torch reference (dequantize + fp32 matmul, eager), cuBLAS bf16 on t
 weight, and `torch._scaled_mm` FP8 (per-row/column scales — a coarser quantization than DeepSeek's
 blocks, shown as the hardware FP8 GEMM's speed). Writes one JSON.
 
-    PYTHONPATH=. python benchmarks/kernels/bench_moe_gemm.py --out benchmarks/results/h100_moe_gemm.json
+    PYTHONPATH=. python benchmarks/kernels/bench_moe_gemm.py --out benchmarks/results/h200_moe_gemm.json  (linear weights rotated past L2)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import torch
 import triton
 
-from benchmarks.kernels.common import bench, ceilings, roofline
+from benchmarks.kernels.common import bench, bench_rotating, ceilings, roofline, rotation_copies
 from vllm.kernels import fused_moe as fm
 from vllm.kernels.quant_gemm import FP8_BLOCK, MXFP4, QuantWeight, linear, linear_ref
 from vllm.kernels.testing import assert_close
@@ -46,29 +46,32 @@ def weight_bytes(w: QuantWeight) -> int:
 def run_linears(results, bw, mm, tokens):
     for name, (n, k, groups) in LINEARS.items():
         w = fp8_weight(n, k)
-        dense = w.dense().to(torch.bfloat16)
-        rowwise = dense.to(torch.float8_e4m3fn)  # _scaled_mm operand (unit scales; speed only)
+        # Cycle through copies of the weight so each call reads it from HBM, not a warm L2.
+        copies = rotation_copies(weight_bytes(w))
+        ws = [w] + [w._replace(weight=w.weight.clone(), scale=w.scale.clone()) for _ in range(copies - 1)]
+        dense = [v.dense().to(torch.bfloat16) for v in ws[:rotation_copies(n * k * 2)]]
+        rowwise = [d.to(torch.float8_e4m3fn) for d in dense[:rotation_copies(n * k)]]  # unit scales; speed only
         for m in tokens:
             x = torch.randn(m, groups, k, device="cuda", dtype=torch.bfloat16)  # k: inputs per group
             x = x if groups > 1 else x[:, 0]
             assert_close(linear(x, w, groups), linear_ref(x, w, groups), 1e-2, name)
             nbytes = weight_bytes(w) + x.numel() * 2 + m * n * 2
             flops = 2 * m * n * k
+            us = bench_rotating([lambda v=v: linear(x, v, groups) for v in ws])
             row = {"op": "fp8_linear", "name": name, "tokens": m, "N": n, "K": k, "groups": groups,
-                   "triton": roofline(bench(lambda: linear(x, w, groups)), nbytes, flops, bw, mm)}
+                   "weight_copies_rotated": copies, "triton": roofline(us, nbytes, flops, bw, mm)}
             if groups == 1:
-                row["cublas_bf16_us"] = round(bench(lambda: x @ dense.T), 2)
-                xs = x.to(torch.float8_e4m3fn)
-                one = torch.ones((), device="cuda")
-                mm8 = torch._scaled_mm(xs, rowwise.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16) \
-                    if m % 16 == 0 else None
-                if mm8 is not None:
-                    row["scaled_mm_fp8_us"] = round(bench(lambda: torch._scaled_mm(
-                        xs, rowwise.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)), 2)
+                row["cublas_bf16_us"] = round(bench_rotating([lambda d=d: x @ d.T for d in dense]), 2)
+                if m % 16 == 0:
+                    xs = x.to(torch.float8_e4m3fn)
+                    one = torch.ones((), device="cuda")
+                    row["scaled_mm_fp8_us"] = round(bench_rotating([lambda r=r: torch._scaled_mm(
+                        xs, r.T, scale_a=one, scale_b=one, out_dtype=torch.bfloat16) for r in rowwise]), 2)
             if m <= 128:
                 row["torch_ref_us"] = round(bench(lambda: linear_ref(x, w, groups), graph=False), 2)
             results.append(row)
             print(json.dumps(row), flush=True)
+        del ws, dense, rowwise
 
 
 def moe_weights() -> tuple[fm.ExpertWeights, fm.ExpertWeights]:

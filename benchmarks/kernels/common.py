@@ -25,6 +25,19 @@ def bench(fn, graph: bool = True) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
 
 
+ROTATE_BYTES = 256 << 20  # several times any Hopper L2 (50-60 MB): rotated operands come from HBM
+
+
+def rotation_copies(nbytes: int, cap: int = 128) -> int:
+    """How many copies of an operand of `nbytes` to cycle through so none of them stays L2-resident."""
+    return max(1, min(cap, -(-ROTATE_BYTES // max(nbytes, 1))))
+
+
+def bench_rotating(calls: list, graph: bool = True) -> float:
+    """Median µs of one call, each replay running every call once (each on its own operand copy)."""
+    return bench(lambda: [c() for c in calls], graph) / len(calls)
+
+
 def roofline(us: float, nbytes: float, flops: float, bw: float, mm: float) -> dict:
     floor = max(nbytes / bw, flops / mm) * 1e6
     return {"us": round(us, 2), "GB/s": round(nbytes / us / 1e3, 1), "TFLOP/s": round(flops / us / 1e6, 2),
