@@ -43,8 +43,9 @@ def weight_bytes(w: QuantWeight) -> int:
     return w.weight.numel() * w.weight.element_size() + (0 if w.scale is None else w.scale.numel())
 
 
-def run_linears(results, bw, mm, tokens):
-    for name, (n, k, groups) in LINEARS.items():
+def run_linears(results, bw, mm, tokens, names):
+    for name in names:
+        n, k, groups = LINEARS[name]
         w = fp8_weight(n, k)
         # Cycle through copies of the weight so each call reads it from HBM, not a warm L2.
         copies = rotation_copies(weight_bytes(w))
@@ -119,12 +120,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--ops", default="linear,moe")
+    ap.add_argument("--linears", default=",".join(LINEARS), help=f"comma-separated subset of {', '.join(LINEARS)}")
     a = ap.parse_args()
+    names = a.linears.split(",")
+    if unknown := sorted(set(names) - set(LINEARS)):
+        ap.error(f"unknown --linears {unknown}; choose from {', '.join(LINEARS)}")
     torch.manual_seed(0)
     bw, mm = ceilings()
     results, t0 = [], time.time()
     if "linear" in a.ops:
-        run_linears(results, bw, mm, TOKENS)
+        run_linears(results, bw, mm, TOKENS, names)
     if "moe" in a.ops:
         run_moe(results, bw, mm, MOE_BATCHES)
     doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
