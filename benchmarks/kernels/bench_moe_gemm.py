@@ -3,9 +3,9 @@
 Checks every Triton result against the torch reference first, then times it (CUDA graph replays)
 next to: the torch reference (dequantize + fp32 matmul, eager), cuBLAS bf16 on the dequantized
 weight, and `torch._scaled_mm` FP8 (per-row/column scales — a coarser quantization than DeepSeek's
-blocks, shown as the hardware FP8 GEMM's speed). Writes one JSON.
+blocks, shown as the hardware FP8 GEMM's speed). Linear weights are rotated past L2. Writes one JSON.
 
-    PYTHONPATH=. python benchmarks/kernels/bench_moe_gemm.py --out benchmarks/results/h200_moe_gemm.json  (linear weights rotated past L2)
+    PYTHONPATH=. python benchmarks/kernels/bench_moe_gemm.py --out benchmarks/results/h200_moe_gemm.json
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ def run_linears(results, bw, mm, tokens, names):
                 row["torch_ref_us"] = round(bench(lambda: linear_ref(x, w, groups), graph=False), 2)
             results.append(row)
             print(json.dumps(row), flush=True)
-        del ws, dense, rowwise
 
 
 def moe_weights() -> tuple[fm.ExpertWeights, fm.ExpertWeights]:

@@ -30,12 +30,12 @@ ROTATE_BYTES = 256 << 20  # several times any Hopper L2 (50-60 MB): rotated oper
 
 def rotation_copies(nbytes: int, cap: int = 128) -> int:
     """How many copies of an operand of `nbytes` to cycle through so none of them stays L2-resident."""
-    return max(1, min(cap, -(-ROTATE_BYTES // max(nbytes, 1))))
+    return max(1, min(cap, -(-ROTATE_BYTES // nbytes)))
 
 
-def bench_rotating(calls: list, graph: bool = True) -> float:
-    """Median µs of one call, each replay running every call once (each on its own operand copy)."""
-    return bench(lambda: [c() for c in calls], graph) / len(calls)
+def bench_rotating(calls: list) -> float:
+    """Median µs of one call, each graph replay running every call once (each on its own operand copy)."""
+    return bench(lambda: [c() for c in calls]) / len(calls)
 
 
 def roofline(us: float, nbytes: float, flops: float, bw: float, mm: float) -> dict:
