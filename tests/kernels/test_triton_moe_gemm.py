@@ -88,20 +88,42 @@ def test_linear_bf16_on_gpu(fmt):
         assert_close(linear(x, w), linear_ref(x, w), TOL[torch.bfloat16], f"{fmt} bf16 m={m}")
 
 
-def test_moe_align_groups_pairs_by_expert():
-    ids = torch.tensor([[3, 0], [3, 1], [3, 0], [2, 3]], device=DEV)
-    al = fm.moe_align(ids, num_experts=5, block_m=2)
-    pairs, experts = al.sorted_pairs.view(-1, 2).cpu(), al.block_expert.cpu()
+def _check_alignment(al: fm.MoEAlignment, ids: torch.Tensor, num_experts: int, block_m: int) -> None:
+    """Every pair exactly once, each block holds pairs of its own expert only, blocks of an expert
+    contiguous and in expert order, unused blocks (-1) empty and last."""
+    pairs, experts = al.sorted_pairs.view(-1, block_m).cpu(), al.block_expert.cpu()
     flat = ids.flatten().cpu()
     seen = []
     for b, e in enumerate(experts.tolist()):
         rows = [p for p in pairs[b].tolist() if p >= 0]
         if e < 0:
-            assert not rows
+            assert not rows and (experts[b:] < 0).all()
             continue
         assert rows and all(flat[p] == e for p in rows)
+        assert b == 0 or experts[b - 1] <= e
         seen += rows
-    assert sorted(seen) == list(range(flat.numel()))  # every pair exactly once; expert 4 has no block
+    assert sorted(seen) == list(range(flat.numel()))
+
+
+@pytest.mark.parametrize("align", [fm.moe_align, fm.moe_align_ref])
+def test_moe_align_groups_pairs_by_expert(align):
+    ids = torch.tensor([[3, 0], [3, 1], [3, 0], [2, 3]], device=DEV)
+    _check_alignment(align(ids, num_experts=5, block_m=2), ids, 5, 2)  # expert 4 has no block
+
+
+@pytest.mark.parametrize("case", ["many-chunks", "one-expert", "one-pair"])
+def test_moe_align_kernel_layout_matches_reference(case):
+    """Several 1024-pair chunks, every pair on one expert (others empty), a single pair: the same
+    block layout as the reference, rows equal as sets per block."""
+    g = _gen(3)
+    e, bm = 257, 16
+    ids = {"many-chunks": torch.randint(0, e, (700, 7), generator=g), "one-expert": torch.full((300, 1), 5),
+           "one-pair": torch.tensor([[e - 1]])}[case].to(DEV, torch.int32)
+    al, ref = fm.moe_align(ids, e, bm), fm.moe_align_ref(ids, e, bm)
+    _check_alignment(al, ids, e, bm)
+    assert torch.equal(al.block_expert, ref.block_expert)
+    rows, rows_ref = al.sorted_pairs.view(-1, bm).sort(1).values, ref.sorted_pairs.view(-1, bm).sort(1).values
+    assert torch.equal(rows, rows_ref)
 
 
 def _route(t: int, e: int, k: int, seed: int, one_expert: bool = False):
@@ -157,8 +179,10 @@ def test_fused_and_unfused_shared_expert_agree():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 tensor-core path needs a GPU")
-def test_fused_moe_bf16_v4_shapes_on_gpu():
-    t, e, k, d, i = 64, 32, 6, 1024, 512
+@pytest.mark.parametrize("t,d", [(1, 1024), (5, 1056), (64, 1024), (64, 1056)])
+def test_fused_moe_bf16_v4_shapes_on_gpu(t, d):
+    """Decode and prefill tilings; d = 1056 leaves a partial K tile (and a partial FP8 block)."""
+    e, k, i = 32, 6, 512
     x = torch.randn(t, d, generator=_gen(0)).to(DEV, torch.bfloat16)
     w, ids = _route(t, e, k, seed=0)
     routed, shared = _experts(MXFP4, e, d, i, torch.bfloat16), _experts(FP8_BLOCK, None, d, i, torch.bfloat16, 9)

@@ -18,9 +18,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vllm.kernels._triton import dot_precision, tl, triton
+from vllm.kernels._triton import dot_precision, next_pow2, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
-from vllm.kernels.quant_gemm import ACT_BLOCK, _FMT_CODE, QuantWeight, _accumulate, compute_dtype, linear_ref
+from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, QuantWeight, _accumulate, compute_dtype,
+                                     linear_ref, mxfp4_scaled_dot)
 
 
 class ExpertWeights(NamedTuple):
@@ -70,12 +71,16 @@ class MoEAlignment(NamedTuple):
     """`[blocks]` int32: the expert of each block, -1 = unused block (its programs exit)."""
 
 
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlignment:
-    """Group the pairs by expert into block_m-row blocks. Fixed-size outputs and no host sync (CUDA
-    graph capturable): blocks = ceil(P / block_m) + min(P, E) bounds Σ_e ceil(count_e / block_m)."""
+def _max_blocks(pairs: int, num_experts: int, block_m: int) -> int:
+    """ceil(P / block_m) + min(P, E) bounds Σ_e ceil(count_e / block_m): fixed sizes, no host sync."""
+    return -(-pairs // block_m) + min(pairs, num_experts)
+
+
+def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlignment:
+    """Group the pairs by expert into block_m-row blocks (torch ops, stable order within an expert)."""
     flat = topk_ids.flatten().long()
     p = flat.numel()
-    max_blocks = -(-p // block_m) + min(p, num_experts)
+    max_blocks = _max_blocks(p, num_experts, block_m)
     order = torch.argsort(flat, stable=True)
     counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would sync with the host
@@ -94,18 +99,70 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlig
 
 
 @triton.jit
+def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, E, max_blocks, block_m,
+                         NB: tl.constexpr, CHUNK: tl.constexpr, BB: tl.constexpr):
+    """One program: expert histogram, each expert's first block (its row cursor for the scatter),
+    the expert of every block, and -1 in every row."""
+    counts = tl.zeros((NB,), dtype=tl.int32)
+    for p0 in range(0, P, CHUNK):
+        offs = p0 + tl.arange(0, CHUNK)
+        ok = offs < P
+        counts += tl.histogram(tl.load(ids_ptr + offs, mask=ok, other=0).to(tl.int32), NB, mask=ok)
+    blocks = (counts + block_m - 1) // block_m
+    end = tl.cumsum(blocks, 0)  # bins past E hold no pairs: their end is the total
+    bins = tl.arange(0, NB)
+    tl.store(cursor_ptr + bins, (end - blocks) * block_m, mask=bins < E)
+    for b0 in range(0, max_blocks, BB):
+        b = b0 + tl.arange(0, BB)
+        expert = tl.sum((end[None, :] <= b[:, None]).to(tl.int32), 1)  # experts whose blocks end by b
+        tl.store(block_expert_ptr + b, tl.where(expert < E, expert, -1), mask=b < max_blocks)
+    for r0 in range(0, max_blocks * block_m, CHUNK):
+        r = r0 + tl.arange(0, CHUNK)
+        tl.store(sorted_ptr + r, tl.full((CHUNK,), -1, tl.int32), mask=r < max_blocks * block_m)
+
+
+@triton.jit
+def _align_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, P, CHUNK: tl.constexpr):
+    """Each pair takes the next row of its expert (atomic cursor): order within an expert is
+    arbitrary, which no result depends on (rows are computed independently, slots summed in order)."""
+    offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
+    ok = offs < P
+    e = tl.load(ids_ptr + offs, mask=ok, other=0).to(tl.int32)
+    row = tl.atomic_add(cursor_ptr + e, 1, mask=ok)
+    tl.store(sorted_ptr + row, offs.to(tl.int32), mask=ok)
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlignment:
+    """Triton `moe_align_ref` in two launches (layout, then scatter), graph-capturable; the rows of
+    an expert may come in any order."""
+    flat = topk_ids.flatten()
+    assert flat.is_contiguous() and not flat.is_floating_point(), "topk_ids must be a contiguous integer tensor"
+    p = flat.numel()
+    max_blocks = _max_blocks(p, num_experts, block_m)
+    cursor = torch.empty(num_experts, dtype=torch.int32, device=flat.device)
+    block_expert = torch.empty(max_blocks, dtype=torch.int32, device=flat.device)
+    sorted_pairs = torch.empty(max_blocks * block_m, dtype=torch.int32, device=flat.device)
+    if max_blocks:
+        _align_layout_kernel[(1,)](flat, cursor, block_expert, sorted_pairs, p, num_experts, max_blocks, block_m,
+                                   NB=next_pow2(num_experts), CHUNK=1024, BB=16, num_warps=8)
+        _align_scatter_kernel[(triton.cdiv(p, 1024),)](flat, cursor, sorted_pairs, p, CHUNK=1024, num_warps=4)
+    return MoEAlignment(sorted_pairs, block_expert)
+
+
+@triton.jit
 def _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K, stride_wn,
                  stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
-                 WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+                 WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+                 SCALED_DOT: tl.constexpr):
     acc1 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr,
                        ws1_ptr, n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N,
-                       WBLOCK_K, COMPUTE, PRECISION)
+                       WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT)
     acc3 = acc1
     if GATED:
         acc3 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w3_ptr,
                            ws3_ptr, n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK,
-                           WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+                           WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT)
     return acc1, acc3
 
 
@@ -115,10 +172,12 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
                      stride_we, stride_wn, stride_wse, stride_wsn, stride_wsk, stride_sn, stride_ssn, stride_ssk,
                      stride_om, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, HAS_SHARED: tl.constexpr,
                      W_FMT: tl.constexpr, S_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
-                     BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
-                     COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
+                     BN: tl.constexpr, BK: tl.constexpr, BKS: tl.constexpr, WBLOCK_N: tl.constexpr,
+                     WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+                     SCALED_DOT: tl.constexpr, S_SCALED_DOT: tl.constexpr):
     """One (expert block, N tile): GATED -> h = swiglu(A w1^T, A w3^T) * route weight; else A w2^T.
-    Rows of A are tokens (A_BY_TOKEN, first GEMM) or pairs (second GEMM); outputs are per pair."""
+    Rows of A are tokens (A_BY_TOKEN, first GEMM) or pairs (second GEMM); outputs are per pair.
+    BK / BKS, SCALED_DOT / S_SCALED_DOT: K tile and MXFP4 dot of the routed / shared weights."""
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= 0:
@@ -133,17 +192,17 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
             if expert == shared_id:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, s1_ptr, ss1_ptr, s3_ptr, ss3_ptr,
                                           n, n_ok, K, stride_sn, stride_ssn, stride_ssk, GATED, S_FMT, A_FP8, BM,
-                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+                                          BN, BKS, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT)
             else:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
                                           ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse,
                                           n, n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM,
-                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT)
         else:
             acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
                                       ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse, n,
                                       n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM, BN, BK,
-                                      WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION)
+                                      WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT)
         out_t = out_ptr.dtype.element_ty
         res = acc1
         if GATED:  # gate/up rounded to the activation dtype first, as the reference's projections return it
@@ -154,11 +213,15 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
         tl.store(out_ptr + pairs[:, None] * stride_om + n[None, :], res.to(out_t), mask=row_ok[:, None] & n_ok[None, :])
 
 
-def _moe_config(pairs: int, experts: int, fp32: bool) -> tuple[int, int, int, int, int]:
+def _moe_config(pairs: int, experts: int, fp32: bool, scaled_dot: bool) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BN, BK, warps, stages): few rows per expert at decode -> 16-row blocks streaming
-    weights with narrow N tiles; many -> 64-row blocks. fp32 operands (two accumulations for
-    gate/up) take half the K tile and two stages to fit shared memory."""
-    cfg = (16, 64, 128, 4, 4) if pairs <= 4 * experts else (64, 128, 64, 8, 3)
+    weights with narrow N tiles; many -> 64-row blocks. MXFP4 through `tl.dot_scaled` streams best
+    with 256-wide K tiles (H200 sweep). fp32 operands (two accumulations for gate/up) take half the
+    K tile and two stages to fit shared memory."""
+    if pairs <= 4 * experts:
+        cfg = (16, 64, 256, 4, 3) if scaled_dot else (16, 64, 128, 4, 4)
+    else:
+        cfg = (64, 128, 128, 8, 3) if scaled_dot else (64, 128, 64, 8, 3)
     return (cfg[0], cfg[1], cfg[2] // 2, cfg[3], 2) if fp32 else cfg
 
 
@@ -178,9 +241,8 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
     s1, s3 = shared if shared is not None else routed
     ws1, wse, wsn, wsk = _scales(r1)
     ss1, _, ssn, ssk = _scales(s1)
-    blk = (s1 if s1.fmt == "fp8_block" else r1).block  # the FP8 weight's blocks (formats may mix)
-    if "fp8_block" in (r1.fmt, s1.fmt):
-        bk = min(bk, blk[1])
+    blk = (s1 if s1.fmt == FP8_BLOCK else r1).block  # the FP8 weight's blocks (formats may mix)
+    bk_r, bk_s = (min(bk, blk[1]) if q.fmt == FP8_BLOCK else bk for q in (r1, s1))  # FP8 tiles stay in a block
     grid = (align.block_expert.numel(), triton.cdiv(n, bn))
     cdt = compute_dtype(a, r1)
     _moe_gemm_kernel[grid](
@@ -188,9 +250,9 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
         align.sorted_pairs, align.block_expert, route, n, k, slots, r1.weight.shape[0], limit, a.stride(0),
         a_s.stride(0), r1.weight.stride(0), r1.weight.stride(1), wse, wsn, wsk, s1.weight.stride(0), ssn, ssk,
         out.stride(0), GATED=gate_up, A_BY_TOKEN=gate_up, HAS_SHARED=shared is not None, W_FMT=_FMT_CODE[r1.fmt],
-        S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk, WBLOCK_N=blk[0], WBLOCK_K=blk[1],
-        COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
-        num_warps=warps, num_stages=stages)
+        S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk_r, BKS=bk_s, WBLOCK_N=blk[0],
+        WBLOCK_K=blk[1], COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
+        SCALED_DOT=mxfp4_scaled_dot(a, r1), S_SCALED_DOT=mxfp4_scaled_dot(a, s1), num_warps=warps, num_stages=stages)
 
 
 def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None) -> None:
@@ -217,7 +279,8 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         ids = torch.cat([ids, torch.full((t, 1), num_experts, dtype=ids.dtype, device=x.device)], 1)
         weights = torch.cat([weights, torch.ones(t, 1, dtype=torch.float32, device=x.device)], 1)
     slots = ids.shape[1]
-    cfg = _moe_config(t * slots, num_experts + (shared is not None), compute_dtype(x, routed.w1) == tl.float32)
+    cfg = _moe_config(t * slots, num_experts + (shared is not None), compute_dtype(x, routed.w1) == tl.float32,
+                      mxfp4_scaled_dot(x, routed.w1))
     bm = cfg[0]
     align = moe_align(ids, num_experts + (shared is not None), bm)
     route = weights.contiguous().view(-1)
@@ -237,4 +300,5 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     return out if shared is None else out + y[:, k]
 
 
-__all__ = ["ExpertWeights", "MoEAlignment", "clamped_swiglu", "dense_expert", "fused_moe", "fused_moe_ref", "moe_align"]
+__all__ = ["ExpertWeights", "MoEAlignment", "clamped_swiglu", "dense_expert", "fused_moe", "fused_moe_ref", "moe_align",
+           "moe_align_ref"]

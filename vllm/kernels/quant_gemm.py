@@ -75,11 +75,32 @@ def linear_ref(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor
 def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, ns, n_ok, k_lo, k_hi, K,
                 stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BK: tl.constexpr,
                 WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
-                PRECISION: tl.constexpr, FP8_DOT: tl.constexpr = False):
+                PRECISION: tl.constexpr, FP8_DOT: tl.constexpr = False, SCALED_DOT: tl.constexpr = False):
     """acc `[BM, BN]` += A[rows, k_lo:k_hi] @ W[n, k_lo:k_hi]^T. `a_rows` / `as_rows`: element offsets
     of each row of A and of its FP8 scales; W (and its scales) already offset to the expert; `n` the
     tile's weight rows, `ns` the same rows as the scales count them (groups share straddling blocks)."""
-    if W_FMT == 2:  # MXFP4: even and odd k against the low and high nibbles
+    if W_FMT == 2 and SCALED_DOT:  # MXFP4 through the compiler's microscaled dot (its fast e2m1 upcast)
+        kk = tl.arange(0, BK)
+        c = tl.arange(0, BK // 2)
+        gg = tl.arange(0, BK // 32)
+        for k0 in range(k_lo, k_hi, BK):
+            k = k0 + kk
+            a = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
+            kc = k0 // 2 + c
+            wb = tl.load(w_ptr + n[None, :] * stride_wn + kc[:, None], mask=(kc < K // 2)[:, None] & n_ok[None, :],
+                         other=0).to(tl.uint8, bitcast=True)
+            g = k0 // 32 + gg
+            g_ok = g < K // 32
+            sb = tl.load(ws_ptr + ns[:, None] * stride_wsn + g[None, :], mask=n_ok[:, None] & g_ok[None, :],
+                         other=127).to(tl.uint8, bitcast=True)
+            if A_FP8:  # the activation's power-of-two scale per 128 channels is an e8m0 byte per 32
+                a_s = tl.load(as_ptr + as_rows[:, None] + (g // 4)[None, :], mask=row_ok[:, None] & g_ok[None, :],
+                              other=1.0)
+                a_e = ((a_s.to(tl.int32, bitcast=True) >> 23) & 0xFF).to(tl.uint8)
+                acc = tl.dot_scaled(a, a_e, "e4m3", wb, sb, "e2m1", acc)
+            else:
+                acc = tl.dot_scaled(a.to(tl.bfloat16), None, "bf16", wb, sb, "e2m1", acc)
+    elif W_FMT == 2:  # MXFP4 decoded here: even and odd k against the low and high nibbles
         HALF: tl.constexpr = BK // 2
         c = tl.arange(0, HALF)
         for k0 in range(k_lo, k_hi, BK):
@@ -126,7 +147,8 @@ def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stri
                    stride_asg, stride_wn, stride_wg, stride_wsn, stride_wsk, stride_os, stride_om,
                    stride_og, SPLITS: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
-                   COMPUTE: tl.constexpr, PRECISION: tl.constexpr, FP8_DOT: tl.constexpr):
+                   COMPUTE: tl.constexpr, PRECISION: tl.constexpr, FP8_DOT: tl.constexpr,
+                   SCALED_DOT: tl.constexpr):
     pid_m, pid_n, pid_gs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = pid_gs // SPLITS
     split = pid_gs % SPLITS
@@ -140,7 +162,7 @@ def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stri
     acc = _accumulate(acc, a_ptr + g * stride_ag, rows * stride_am, row_ok, as_ptr + g * stride_asg,
                       rows * stride_asm, w_ptr + g * stride_wg, ws_ptr, n, n + g * N, n_ok, k_lo, k_hi, K,
                       stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION,
-                      FP8_DOT)
+                      FP8_DOT, SCALED_DOT)
     out = out_ptr + split * stride_os + g * stride_og + rows[:, None] * stride_om + n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
@@ -157,6 +179,14 @@ def fp8_tensor_cores(x: torch.Tensor, w: QuantWeight) -> bool:
     MMA's own accumulation is promoted to fp32 every K tile. fp32 models keep the exact bf16 path."""
     return (w.fmt == FP8_BLOCK and w.act_fp8 and x.dtype == torch.bfloat16 and x.is_cuda and not interpreting()
             and torch.cuda.get_device_capability(x.device) >= (8, 9))
+
+
+def mxfp4_scaled_dot(x: torch.Tensor, w: QuantWeight) -> bool:
+    """MXFP4 weights through `tl.dot_scaled` (2.6x the in-kernel bit decode at decode shapes on an
+    H200) where it is verified: compiled bf16 models on Hopper and datacenter Blackwell. Elsewhere
+    (SM8x, SM12x, the interpreter, fp32 models) the weights are decoded in the kernel."""
+    return (w.fmt == MXFP4 and compute_dtype(x, w) == tl.bfloat16 and x.is_cuda
+            and (9, 0) <= torch.cuda.get_device_capability(x.device) < (12, 0))
 
 
 def gemm_config(m: int, fp32: bool) -> tuple[int, int, int, int, int]:
@@ -212,7 +242,7 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
         target.stride(-3), target.stride(-2), SPLITS=splits, W_FMT=_FMT_CODE[w.fmt], A_FP8=w.act_fp8, BM=bm,
         BN=bn, BK=bk, WBLOCK_N=w.block[0], WBLOCK_K=w.block[1], COMPUTE=cdt,
         PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
-        FP8_DOT=fp8_tensor_cores(x, w), num_warps=warps, num_stages=stages)
+        FP8_DOT=fp8_tensor_cores(x, w), SCALED_DOT=mxfp4_scaled_dot(x, w), num_warps=warps, num_stages=stages)
     if splits > 1:
         out = target.sum(0).to(x.dtype)
     return out.view(m, n_total) if groups == 1 else out
