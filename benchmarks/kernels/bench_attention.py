@@ -118,29 +118,46 @@ def run_prefill(results, bw, mm, configs):
         print(json.dumps(row), flush=True)
 
 
-def run_indexer(results, bw, mm):
-    for context in CONTEXTS:
-        for batch in BATCHES:
-            n = context // CSA_RATIO
-            keys = torch.randn(batch * n, DI, device="cuda", dtype=torch.bfloat16)
-            entry = torch.arange(batch * n, device="cuda").view(batch, n)
-            req = torch.arange(batch, device="cuda")
-            vis = torch.full((batch,), n, device="cuda")
-            q = torch.randn(batch, HI, DI, device="cuda", dtype=torch.bfloat16)
-            w = torch.randn(batch, HI, device="cuda")
-            args = (q, w, keys, entry, req, vis)
-            scores = ix.indexer_scores(*args, DI**-0.5)
-            ref = ix.indexer_scores_ref(*args, DI**-0.5)
-            assert_close(scores, ref, 1e-2, "indexer scores")
-            s_us = bench(lambda: ix.indexer_scores(*args, DI**-0.5))
-            k_us = bench(lambda: ix.indexer_topk(*args, TOPK, DI**-0.5))
-            ref_us = bench(lambda: ix.indexer_topk_ref(*args, TOPK, DI**-0.5), graph=False) if batch * n <= 1 << 22 else None
-            nbytes = batch * n * (DI * 2 + 8 + 4)
-            row = {"op": "indexer_topk_decode", "context": context, "batch": batch, "entries": n,
-                   "scores_kernel": roofline(s_us, nbytes, batch * 2 * HI * DI * n, bw, mm),
-                   "with_topk_us": round(k_us, 2), "torch_ref_us": None if ref_us is None else round(ref_us, 1)}
-            results.append(row)
-            print(json.dumps(row), flush=True)
+def index_keys(rows: int, fp8: bool) -> tuple[object, int]:
+    """`rows` random indexer keys: a bf16 tensor, or FP8 pages (`fp8_key_layout`); bytes per key."""
+    keys = torch.randn(rows, DI, device="cuda", dtype=torch.bfloat16)
+    if not fp8:
+        return keys, 2 * DI
+    layout = fp8_ds_mla.fp8_key_layout(DI, BLOCK // CSA_RATIO)
+    paged = PagedRows(LayerTensorSpec(0, "index_keys", layout.block_size, DI, torch.bfloat16, layout),
+                      -(-rows // layout.block_size), torch.device("cuda"), fp8_insert=fp8_ds_mla.insert)
+    paged.write(keys, torch.arange(rows, device="cuda"))
+    return paged, layout.token_bytes
+
+
+def run_indexer(results, bw, mm, contexts, batches):
+    for fp8 in (False, True):
+        for context in contexts:
+            for batch in batches:
+                n = context // CSA_RATIO
+                keys, key_bytes = index_keys(batch * n, fp8)
+                entry = torch.arange(batch * n, device="cuda").view(batch, n)
+                req = torch.arange(batch, device="cuda")
+                vis = torch.full((batch,), n, device="cuda")
+                q = torch.randn(batch, HI, DI, device="cuda", dtype=torch.bfloat16)
+                w = torch.randn(batch, HI, device="cuda")
+                args = (q, w, keys, entry, req, vis)
+                scores = ix.indexer_scores(*args, DI**-0.5)
+                ref = ix.indexer_scores_ref(*args, DI**-0.5)
+                assert_close(scores, ref, 1e-2, "indexer scores")
+                s_us = bench(lambda: ix.indexer_scores(*args, DI**-0.5))
+                k_us = bench(lambda: ix.indexer_topk(*args, TOPK, DI**-0.5))
+                ref_us = (bench(lambda: ix.indexer_topk_ref(*args, TOPK, DI**-0.5), graph=False)
+                          if batch * n <= 1 << 22 else None)
+                nbytes = batch * n * (key_bytes + 8 + 4)  # key, entry slot, score
+                row = {"op": "indexer_topk_decode", "keys": "fp8" if fp8 else "bf16", "context": context,
+                       "batch": batch, "entries": n,
+                       "scores_kernel": roofline(s_us, nbytes, batch * 2 * HI * DI * n, bw, mm),
+                       "with_topk_us": round(k_us, 2), "torch_ref_us": None if ref_us is None else round(ref_us, 1)}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                del keys, args, scores, ref
+                torch.cuda.empty_cache()
 
 
 def run_small(results, bw, mm):
@@ -175,7 +192,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--ops", default="decode,prefill,indexer,small")
     ap.add_argument("--configs", default="[{}]", help="JSON list of sparse_attn launch overrides to try")
-    ap.add_argument("--quick", action="store_true", help="decode at 32K context, batch 1/32/128, CSA only")
+    ap.add_argument("--quick", action="store_true",
+                    help="decode at 32K context, batch 1/32/128, CSA only; indexer at 32K/128K, batch 1/128")
     a = ap.parse_args()
     torch.manual_seed(0)
     bw, mm = ceilings()
@@ -185,7 +203,7 @@ def main():
     if "small" in ops:
         run_small(results, bw, mm)
     if "indexer" in ops:
-        run_indexer(results, bw, mm)
+        run_indexer(results, bw, mm, (32768, 131072) if a.quick else CONTEXTS, (1, 128) if a.quick else BATCHES)
     configs = json.loads(a.configs)
     if "prefill" in ops:
         run_prefill(results, bw, mm, configs)

@@ -97,7 +97,9 @@ def test_sparse_attn_bf16_v4_width(h):
     assert_close(sa.sparse_attn(q, sources, sink, d**-0.5), sa.sparse_attn_ref(q, sources, sink, d**-0.5), 1e-2)
 
 
-@pytest.mark.parametrize("layout", [TINY_FP8, V4_FP8], ids=["tiny", "v4"])
+@pytest.mark.parametrize("layout", [TINY_FP8, V4_FP8, fp8_ds_mla.fp8_key_layout(32, 16),
+                                    fp8_ds_mla.fp8_key_layout(128, 16)],
+                         ids=["tiny", "v4", "index-keys-tiny", "index-keys-v4"])
 def test_fp8_insert_is_byte_identical_to_reference(layout):
     d = layout.nope + layout.rope
     n = 3 * layout.block_size
@@ -114,10 +116,15 @@ def test_fp8_insert_is_byte_identical_to_reference(layout):
     assert diff.numel() == 0, f"{diff.shape[0]} bytes differ, first at (page, byte) {diff[0].tolist()}"
 
 
-def _index_case(t, b, n, hi, di, seed):
+def _index_case(t, b, n, hi, di, seed, fp8=False):
     g = torch.Generator().manual_seed(seed)
     s_rows = b * n + 7
     keys = torch.randn(s_rows, di, generator=g).to(DEV)
+    if fp8:  # paged FP8 keys (16-entry pages), written through the reference insert
+        layout = fp8_ds_mla.fp8_key_layout(di, 16)
+        paged = PagedRows(LayerTensorSpec(0, "index_keys", 16, di, torch.float32, layout), -(-s_rows // 16), DEV)
+        paged.write(keys, torch.arange(s_rows, device=DEV))
+        keys = paged
     entry = torch.randperm(s_rows, generator=g)[:b * n].view(b, n).to(DEV)
     req = torch.randint(0, b, (t,), generator=g).to(DEV)
     vis = torch.randint(0, n + 1, (t,), generator=g).to(DEV)
@@ -129,9 +136,10 @@ def _index_case(t, b, n, hi, di, seed):
 
 @pytest.mark.parametrize("t,b,n,hi,di,topk", [(9, 3, 40, 8, 32, 5), (5, 2, 130, 16, 64, 128), (4, 1, 3, 8, 32, 10)],
                          ids=["small", "topk-over-blocks", "topk-longer-than-entries"])
-def test_indexer_topk_picks_the_reference_best(t, b, n, hi, di, topk, monkeypatch):
+@pytest.mark.parametrize("fp8", [False, True], ids=["plain-keys", "fp8-keys"])
+def test_indexer_topk_picks_the_reference_best(t, b, n, hi, di, topk, fp8, monkeypatch):
     monkeypatch.setattr(ix, "SCORE_ELEMENTS", 2 * n)  # several query chunks
-    q, w, keys, entry, req, vis = _index_case(t, b, n, hi, di, seed=t)
+    q, w, keys, entry, req, vis = _index_case(t, b, n, hi, di, seed=t, fp8=fp8)
     scale = di**-0.5
     ref_scores = ix.indexer_scores_ref(q, w, keys, entry, req, vis, scale)
     got = ix.indexer_scores(q, w, keys, entry, req, vis, scale)

@@ -1,7 +1,7 @@
 """DeepSeek V4's FP8 latent KV cache layout (FlashMLA "MODEL1", `fp8_ds_mla`; spec §5.1) in torch.
 
 Per token: `nope` FP8 e4m3 bytes, `rope` bf16 values, one UE8M0 scale per `tile` NoPE channels
-(padded to 8 bytes). For V4 (512 = 448 + 64, tile 64): 448 + 128 + 7 + 1 = 584 bytes. A page of
+(padded to `scale_align` bytes, 8). For V4 (512 = 448 + 64, tile 64): 448 + 128 + 7 + 1 = 584 bytes. A page of
 `block_size` tokens is not interleaved per token:
 
     [0, B*data)               token t at t*data: nope fp8 | rope bf16      (data = nope + 2*rope = 576)
@@ -31,6 +31,8 @@ class Fp8DsMlaLayout:
     rope: int = 64
     tile: int = 64
     block_size: int = 64
+    scale_align: int = 8
+    """bytes each row's scales are padded to (8 for the latent rows; 4 for indexer keys)."""
 
     def __post_init__(self):
         if self.nope % self.tile:
@@ -46,7 +48,7 @@ class Fp8DsMlaLayout:
 
     @property
     def scale_bytes(self) -> int:
-        return -(-self.num_tiles // 8) * 8
+        return -(-self.num_tiles // self.scale_align) * self.scale_align
 
     @property
     def token_bytes(self) -> int:
@@ -56,6 +58,12 @@ class Fp8DsMlaLayout:
     def page_bytes(self) -> int:
         raw = self.block_size * self.token_bytes
         return -(-raw // self.data_bytes) * self.data_bytes
+
+
+def fp8_key_layout(head_dim: int, block_size: int) -> Fp8DsMlaLayout:
+    """The FP8 indexer-key cache (spec §5.2): per entry `head_dim` e4m3 bytes and one UE8M0 scale
+    for the whole row in a 4-byte slot (132 bytes for V4's 128-d keys); same page arrangement."""
+    return Fp8DsMlaLayout(nope=head_dim, rope=0, tile=head_dim, block_size=block_size, scale_align=4)
 
 
 def quantize_token_ref(kv: torch.Tensor, layout: Fp8DsMlaLayout) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,7 +66,8 @@ SCORE_ELEMENTS = 1 << 26  # fp32 scores held at once by the launcher (256 MiB)
 @triton.jit
 def _indexer_scores_kernel(q_ptr, w_ptr, key_ptr, entry_ptr, req_ptr, vis_ptr, out_ptr, N, HI,
                            q_stride_t, q_stride_h, w_stride_t, key_stride, entry_stride, out_stride, scale,
-                           DI: tl.constexpr, BLOCK_HI: tl.constexpr, BLOCK_DI: tl.constexpr, BLOCK_N: tl.constexpr,
+                           page_rows, page_bytes, DI: tl.constexpr, BLOCK_HI: tl.constexpr, BLOCK_DI: tl.constexpr,
+                           BLOCK_N: tl.constexpr, IS_FP8: tl.constexpr, SCALE_BYTES: tl.constexpr,
                            PRECISION: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     nb = tl.program_id(1)
@@ -80,11 +81,20 @@ def _indexer_scores_kernel(q_ptr, w_ptr, key_ptr, entry_ptr, req_ptr, vis_ptr, o
         vis = vis & (slots >= 0)
         d = tl.arange(0, BLOCK_DI)
         h = tl.arange(0, BLOCK_HI)
-        keys = tl.load(key_ptr + slots[:, None] * key_stride + d[None, :], mask=vis[:, None] & (d < DI)[None, :],
-                       other=0.0)  # [BN, DI]
+        kmask = vis[:, None] & (d < DI)[None, :]
         q = tl.load(q_ptr + t * q_stride_t + h[:, None] * q_stride_h + d[None, :],
                     mask=(h < HI)[:, None] & (d < DI)[None, :], other=0.0)  # [HI, DI]
-        s = tl.maximum(tl.dot(q, tl.trans(keys.to(q.dtype)), input_precision=PRECISION), 0.0) * scale  # [HI, BN]
+        if IS_FP8:  # paged e4m3 keys: the row's power-of-two scale applies after the dot (exact)
+            page, off = slots // page_rows, slots % page_rows
+            keys = tl.load(key_ptr + page[:, None] * page_bytes + off[:, None] * DI + d[None, :], mask=kmask,
+                           other=0).to(tl.float8e4nv, bitcast=True)
+            sbyte = tl.load(key_ptr + page * page_bytes + page_rows * DI + off * SCALE_BYTES, mask=vis, other=127)
+            kscale = tl.exp2(sbyte.to(tl.float32) - 127.0)
+        else:
+            keys = tl.load(key_ptr + slots[:, None] * key_stride + d[None, :], mask=kmask, other=0.0)  # [BN, DI]
+            kscale = tl.full([BLOCK_N], 1.0, tl.float32)
+        s = tl.dot(q, tl.trans(keys.to(q.dtype)), input_precision=PRECISION) * kscale[None, :]
+        s = tl.maximum(s, 0.0) * scale  # [HI, BN]
         w = tl.load(w_ptr + t * w_stride_t + h, mask=h < HI, other=0.0).to(tl.float32)
         score = tl.sum(s * w[:, None], 0)
         tl.store(out_ptr + t * out_stride + j, tl.where(vis, score, float("-inf")), mask=in_range)
@@ -92,30 +102,38 @@ def _indexer_scores_kernel(q_ptr, w_ptr, key_ptr, entry_ptr, req_ptr, vis_ptr, o
         tl.store(out_ptr + t * out_stride + j, tl.full([BLOCK_N], float("-inf"), tl.float32), mask=in_range)
 
 
-def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, entry_slots: torch.Tensor,
+def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torch.Tensor,
                    query_req: torch.Tensor, num_visible: torch.Tensor, softmax_scale: float,
                    block_n: int = 64) -> torch.Tensor:
-    """`[T, N]` fp32 scores (-inf where not visible). q `[T, Hi, Di]`, weights `[T, Hi]`, keys `[S, Di]`
-    rows (unit stride), entry_slots `[B, N]`, query_req / num_visible `[T]`."""
+    """`[T, N]` fp32 scores (-inf where not visible). q `[T, Hi, Di]`, weights `[T, Hi]`, keys: `[S, Di]`
+    rows (tensor or plain PagedRows, unit stride) or FP8 PagedRows (`fp8_key_layout`), entry_slots
+    `[B, N]`, query_req / num_visible `[T]`."""
     t, hi, di = q.shape
     n = entry_slots.shape[1]
-    assert q.stride(2) == 1 and keys.dim() == 2 and keys.stride(1) == 1 and keys.shape[1] == di
-    assert weights.shape == (t, hi) and entry_slots.stride(1) == 1
+    layout = None if isinstance(keys, torch.Tensor) else keys.layout
+    rows = keys if isinstance(keys, torch.Tensor) else keys.data
+    assert q.stride(2) == 1 and weights.shape == (t, hi) and entry_slots.stride(1) == 1
+    if layout is None:
+        assert rows.dim() == 2 and rows.stride(1) == 1 and rows.shape[1] == di, "keys must be [S, Di], unit stride"
+        fp8 = dict(page_rows=1, page_bytes=1, SCALE_BYTES=1)
+    else:
+        assert (layout.nope, layout.rope, layout.num_tiles) == (di, 0, 1), "FP8 keys need fp8_key_layout(Di, ...)"
+        assert rows.dtype == torch.uint8 and rows.shape[1] == layout.page_bytes
+        fp8 = dict(page_rows=layout.block_size, page_bytes=layout.page_bytes, SCALE_BYTES=layout.scale_bytes)
     out = torch.empty(t, n, dtype=torch.float32, device=q.device)
     if t and n:
         _indexer_scores_kernel[(t, triton.cdiv(n, block_n))](
-            q, weights, keys, entry_slots, query_req, num_visible, out, n, hi, q.stride(0), q.stride(1),
-            weights.stride(0), keys.stride(0), entry_slots.stride(0), out.stride(0), softmax_scale, DI=di,
+            q, weights, rows, entry_slots, query_req, num_visible, out, n, hi, q.stride(0), q.stride(1),
+            weights.stride(0), rows.stride(0), entry_slots.stride(0), out.stride(0), softmax_scale, DI=di,
             BLOCK_HI=max(16, next_pow2(hi)), BLOCK_DI=max(16, next_pow2(di)), BLOCK_N=block_n,
-            PRECISION=dot_precision(q.dtype), num_warps=4)
+            IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype), num_warps=4, **fp8)
     return out
 
 
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torch.Tensor, query_req: torch.Tensor,
                  num_visible: torch.Tensor, topk: int, softmax_scale: float) -> torch.Tensor:
-    """Triton scores + chunked torch top-k, with indexer_topk_ref's contract (keys: tensor or plain PagedRows)."""
-    rows = keys if isinstance(keys, torch.Tensor) else keys.data
-    assert isinstance(keys, torch.Tensor) or keys.layout is None, "indexer keys are plain rows"
+    """Triton scores + chunked torch top-k, with indexer_topk_ref's contract (keys: tensor, plain or
+    FP8 PagedRows)."""
     chunk = max(1, SCORE_ELEMENTS // max(1, entry_slots.shape[1]))
-    return _topk_in_chunks(indexer_scores, chunk, q, weights, rows, entry_slots, query_req, num_visible, topk,
+    return _topk_in_chunks(indexer_scores, chunk, q, weights, keys, entry_slots, query_req, num_visible, topk,
                            softmax_scale)
