@@ -183,8 +183,10 @@ def test_select_topk_takes_the_best_lowest_index_first(case):
 
 
 @pytest.mark.parametrize("ratio,overlap", [(4, True), (8, False), (128, False)])
-def test_compress_pool_matches_reference(ratio, overlap):
-    dim = 48
+@pytest.mark.parametrize("dim,rope", [(48, 16), (512, 64)], ids=["tiny", "v4"])
+def test_compress_entries_match_reference(ratio, overlap, dim, rope):
+    """Pool (CSA: entry 0 without a previous window), RMSNorm, RoPE in one launch; HCA's 128
+    candidates take several candidate steps at V4 width."""
     width = 2 * dim if overlap else dim
     e = 5
     state = torch.randn(4 * e * ratio, 2 * width, device=DEV) * 2
@@ -193,5 +195,23 @@ def test_compress_pool_matches_reference(ratio, overlap):
     prev = perm[e * ratio:2 * e * ratio].view(e, ratio).clone() if overlap else None
     if overlap:
         prev[0] = -1  # entry 0 has no previous window
-    out = cp.compress_pool(state, win, prev, dim)
-    assert_close(out, cp.compress_pool_ref(state, win, prev, dim), 1e-5, "pooled entries")
+    weight = 1 + 0.1 * torch.randn(dim, device=DEV)
+    ang = torch.rand(e, rope // 2, device=DEV) * 6
+    out = cp.compress_entries(state, win, prev, weight, 1e-6, ang.cos(), ang.sin(), torch.float32)
+    assert_close(out, cp.compress_entries_ref(state, win, prev, weight, 1e-6, ang.cos(), ang.sin(), torch.float32),
+                 1e-5, "compressor entries")
+
+
+@pytest.mark.parametrize("ratio,overlap", [(4, True), (128, False)])
+def test_compress_entries_bf16(ratio, overlap):
+    """bf16 models: each stage rounds as the reference does (integer RNE in the kernel)."""
+    dim, rope, e = 512, 64, 16
+    width = 2 * dim if overlap else dim
+    state = torch.randn(2 * e * ratio, 2 * width, device=DEV)
+    win = torch.randperm(state.shape[0], device=DEV)[:e * ratio].view(e, ratio)
+    prev = torch.randperm(state.shape[0], device=DEV)[:e * ratio].view(e, ratio) if overlap else None
+    weight = (1 + 0.1 * torch.randn(dim, device=DEV)).to(torch.bfloat16)
+    ang = torch.rand(e, rope // 2, device=DEV) * 6
+    out = cp.compress_entries(state, win, prev, weight, 1e-6, ang.cos(), ang.sin(), torch.bfloat16)
+    ref = cp.compress_entries_ref(state, win, prev, weight, 1e-6, ang.cos(), ang.sin(), torch.bfloat16)
+    assert_close(out, ref, 1e-2, "bf16 entries")

@@ -33,9 +33,11 @@ class AttentionBackend(ABC):
         """Causal top-k compressed entry slots per query (see indexer_topk_ref)."""
 
     @abstractmethod
-    def compress_pool(self, state, window_slots: torch.Tensor, prev_slots: torch.Tensor | None,
-                      dim: int) -> torch.Tensor:
-        """Pooled compressor entries `[E, dim]` fp32 from the state rows (see compress_pool_ref)."""
+    def compress_entries(self, state, window_slots: torch.Tensor, prev_slots: torch.Tensor | None,
+                         norm_weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+                         dtype: torch.dtype) -> torch.Tensor:
+        """Finished compressor entries `[E, dim]` from the state rows: pooled, RMSNorm, RoPE (see
+        compress_entries_ref)."""
 
     @abstractmethod
     def fp8_insert(self, cache: torch.Tensor, kv: torch.Tensor, slot_mapping: torch.Tensor, layout) -> None:

@@ -26,8 +26,8 @@ class TritonAttentionBackend(AttentionBackend):
     def indexer_topk(self, q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale):
         return indexer_topk.indexer_topk(q, weights, keys, entry_slots, query_req, num_visible, topk, softmax_scale)
 
-    def compress_pool(self, state, window_slots, prev_slots, dim):
-        return compress_pool.compress_pool(state, window_slots, prev_slots, dim)
+    def compress_entries(self, state, window_slots, prev_slots, norm_weight, eps, cos, sin, dtype):
+        return compress_pool.compress_entries(state, window_slots, prev_slots, norm_weight, eps, cos, sin, dtype)
 
     def fp8_insert(self, cache, kv, slot_mapping, layout):
         fp8_ds_mla.insert(cache, kv.contiguous(), slot_mapping, layout)

@@ -21,7 +21,7 @@ from vllm.attention.metadata import CompressedMetadata
 from vllm.core.kv_cache.paged_rows import PagedRows
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ReplicatedLinear
-from vllm.model_executor.layers.rotary import RotaryEmbedding, apply_rope
+from vllm.model_executor.layers.rotary import RotaryEmbedding
 
 
 class Compressor(nn.Module):
@@ -45,8 +45,6 @@ class Compressor(nn.Module):
         state.write(torch.cat([kv, score], dim=1), meta.state_slots)
         if meta.new_entry_slots.shape[0] == 0:
             return x.new_zeros(0, self.dim)
-        pooled = backend.compress_pool(state, meta.new_window_slots, meta.new_prev_slots if self.overlap else None,
-                                       self.dim)  # [E, dim] fp32
-        entries = self.norm(pooled.to(x.dtype))
         cos, sin = self.rotary.cos_sin(meta.new_entry_positions)
-        return apply_rope(entries, cos, sin)
+        return backend.compress_entries(state, meta.new_window_slots, meta.new_prev_slots if self.overlap else None,
+                                        self.norm.weight, self.norm.eps, cos, sin, x.dtype)
