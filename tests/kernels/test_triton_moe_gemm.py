@@ -114,7 +114,8 @@ def test_moe_align_groups_pairs_by_expert(align):
 @pytest.mark.parametrize("case", ["many-chunks", "one-expert", "one-pair"])
 def test_moe_align_kernel_layout_matches_reference(case):
     """Several 1024-pair chunks, every pair on one expert (others empty), a single pair: the same
-    block layout as the reference, rows equal as sets per block."""
+    block layout as the reference, the same pairs per expert and rows per block (which of an
+    expert's blocks a pair lands in is arbitrary)."""
     g = _gen(3)
     e, bm = 257, 16
     ids = {"many-chunks": torch.randint(0, e, (700, 7), generator=g), "one-expert": torch.full((300, 1), 5),
@@ -122,8 +123,8 @@ def test_moe_align_kernel_layout_matches_reference(case):
     al, ref = fm.moe_align(ids, e, bm), fm.moe_align_ref(ids, e, bm)
     _check_alignment(al, ids, e, bm)
     assert torch.equal(al.block_expert, ref.block_expert)
-    rows, rows_ref = al.sorted_pairs.view(-1, bm).sort(1).values, ref.sorted_pairs.view(-1, bm).sort(1).values
-    assert torch.equal(rows, rows_ref)
+    rows, rows_ref = al.sorted_pairs.view(-1, bm), ref.sorted_pairs.view(-1, bm)
+    assert torch.equal((rows >= 0).sum(1), (rows_ref >= 0).sum(1))
 
 
 def _route(t: int, e: int, k: int, seed: int, one_expert: bool = False):
@@ -136,6 +137,7 @@ def _route(t: int, e: int, k: int, seed: int, one_expert: bool = False):
 
 CASES = {  # name: (tokens, experts, top_k, hidden, intermediate)
     "one-token": (1, 8, 2, 64, 96),
+    "few-tokens": (3, 16, 2, 96, 160),  # decode tiling, K not a multiple of the K tile
     "odd-sizes": (37, 6, 3, 96, 64),
     "many-tokens": (150, 4, 2, 64, 64),  # prefill tiling (64-row expert blocks)
 }

@@ -213,15 +213,12 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
         tl.store(out_ptr + pairs[:, None] * stride_om + n[None, :], res.to(out_t), mask=row_ok[:, None] & n_ok[None, :])
 
 
-def _moe_config(pairs: int, experts: int, fp32: bool, scaled_dot: bool) -> tuple[int, int, int, int, int]:
+def _moe_config(pairs: int, experts: int, fp32: bool) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BN, BK, warps, stages): few rows per expert at decode -> 16-row blocks streaming
-    weights with narrow N tiles; many -> 64-row blocks. MXFP4 through `tl.dot_scaled` streams best
-    with 256-wide K tiles (H200 sweep). fp32 operands (two accumulations for gate/up) take half the
-    K tile and two stages to fit shared memory."""
-    if pairs <= 4 * experts:
-        cfg = (16, 64, 256, 4, 3) if scaled_dot else (16, 64, 128, 4, 4)
-    else:
-        cfg = (64, 128, 128, 8, 3) if scaled_dot else (64, 128, 64, 8, 3)
+    weights with narrow N tiles; many -> 64-row blocks (H200 sweep, MXFP4 routed + FP8 shared:
+    neither 256-wide K tiles nor 1-row blocks on the CUDA cores did better). fp32 operands (two
+    accumulations for gate/up) take half the K tile and two stages to fit shared memory."""
+    cfg = (16, 64, 128, 4, 4) if pairs <= 4 * experts else (64, 128, 64, 8, 3)
     return (cfg[0], cfg[1], cfg[2] // 2, cfg[3], 2) if fp32 else cfg
 
 
@@ -279,8 +276,7 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         ids = torch.cat([ids, torch.full((t, 1), num_experts, dtype=ids.dtype, device=x.device)], 1)
         weights = torch.cat([weights, torch.ones(t, 1, dtype=torch.float32, device=x.device)], 1)
     slots = ids.shape[1]
-    cfg = _moe_config(t * slots, num_experts + (shared is not None), compute_dtype(x, routed.w1) == tl.float32,
-                      mxfp4_scaled_dot(x, routed.w1))
+    cfg = _moe_config(t * slots, num_experts + (shared is not None), compute_dtype(x, routed.w1) == tl.float32)
     bm = cfg[0]
     align = moe_align(ids, num_experts + (shared is not None), bm)
     route = weights.contiguous().view(-1)

@@ -162,7 +162,7 @@ def _select_topk_kernel(s_ptr, entry_ptr, req_ptr, vis_ptr, out_ptr, N, K, s_str
     if n_c > K:
         kth = tl.full((), 0, tl.int64)
         for level in tl.static_range(4):
-            shift: tl.constexpr = 24 - 8 * level
+            shift = 24 - 8 * level
             hist = tl.zeros([256], dtype=tl.int32)
             for c0 in range(0, n_c, CHUNK):
                 j = c0 + offs
