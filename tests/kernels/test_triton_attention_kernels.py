@@ -155,33 +155,6 @@ def test_indexer_topk_picks_the_reference_best(t, b, n, hi, di, topk, fp8, monke
         assert score(mine) == pytest.approx(score(theirs), rel=1e-3, abs=1e-4)
 
 
-@pytest.mark.parametrize("case", ["several-chunks", "ties", "fewer-visible-than-k", "nothing-visible"])
-def test_select_topk_takes_the_best_lowest_index_first(case):
-    """Radix select: the k best of the visible entries (ties to the lower entry), -1 past them."""
-    g = torch.Generator().manual_seed(11)
-    t, n, k = 5, 2500, 300
-    scores = torch.randn(t, n, generator=g)
-    vis = torch.tensor([n, 2000, 1500, 301, 300])
-    if case == "ties":
-        scores = torch.randint(-3, 3, (t, n), generator=g).float()  # a few values, many equal
-        scores[0] = torch.where(torch.rand(n, generator=g) < 0.5, -0.0, 0.0)  # -0.0 and 0.0 tie at the k-th
-        scores[0, torch.randperm(n, generator=g)[:100]] = 1.0
-    elif case == "fewer-visible-than-k":
-        vis = torch.tensor([0, 1, 17, 299, 300])
-    elif case == "nothing-visible":
-        vis = torch.zeros(t, dtype=torch.long)
-    scores = torch.where(torch.arange(n)[None, :] < vis[:, None], scores, float("-inf"))  # as the scores kernel
-    entry = torch.randperm(2 * n, generator=g)[:2 * n].view(2, n)
-    req = torch.tensor([0, 1, 0, 1, 1])
-    got = ix.select_topk(scores.to(DEV), entry.to(DEV), req.to(DEV), vis.to(DEV), k).cpu()
-    for i in range(t):
-        nc = int(vis[i])
-        order = sorted(range(nc), key=lambda j: (-float(scores[i, j]), j))[:k]  # stable: lower index first
-        want = sorted(entry[req[i], order].tolist())
-        mine = got[i][got[i] >= 0]
-        assert sorted(mine.tolist()) == want and (got[i][mine.numel():] == -1).all(), f"row {i}"
-
-
 @pytest.mark.parametrize("ratio,overlap", [(4, True), (8, False), (128, False)])
 @pytest.mark.parametrize("dim,rope", [(48, 16), (512, 64)], ids=["tiny", "v4"])
 def test_compress_entries_match_reference(ratio, overlap, dim, rope):

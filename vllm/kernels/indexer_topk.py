@@ -39,19 +39,11 @@ def indexer_topk_ref(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: 
     `[T]` (entries j < num_visible[t] are visible), scores as indexer_scores_ref. Returns
     `[T, min(topk, N)]` slots, -1 where the query has fewer visible entries than slots.
     """
-    return _topk_in_chunks(indexer_scores_ref, select_topk_ref, QUERY_CHUNK, q, weights, keys, entry_slots, query_req,
-                           num_visible, topk, softmax_scale)
+    return _topk_in_chunks(indexer_scores_ref, QUERY_CHUNK, q, weights, keys, entry_slots, query_req, num_visible,
+                           topk, softmax_scale)
 
 
-def select_topk_ref(scores: torch.Tensor, entry_slots: torch.Tensor, query_req: torch.Tensor,
-                    num_visible: torch.Tensor, k: int) -> torch.Tensor:
-    """Slots of each row's k best scores `[T, k]` (-1 past what the query sees), by torch.topk."""
-    top = scores.topk(k, dim=-1).indices
-    slots = entry_slots[query_req].gather(1, top)
-    return torch.where(top < num_visible[:, None], slots, -1)
-
-
-def _topk_in_chunks(score_fn, select_fn, chunk: int, q, weights, keys, entry_slots, query_req, num_visible, topk,
+def _topk_in_chunks(score_fn, chunk: int, q, weights, keys, entry_slots, query_req, num_visible, topk,
                     softmax_scale) -> torch.Tensor:
     """Top-k slots from `score_fn`'s scores, `chunk` queries at a time (bounds the [chunk, N] scores)."""
     n = entry_slots.shape[1]
@@ -62,7 +54,9 @@ def _topk_in_chunks(score_fn, select_fn, chunk: int, q, weights, keys, entry_slo
     for s in range(0, q.shape[0], chunk):
         e = min(s + chunk, q.shape[0])
         scores = score_fn(q[s:e], weights[s:e], keys, entry_slots, query_req[s:e], num_visible[s:e], softmax_scale)
-        out[s:e] = select_fn(scores, entry_slots, query_req[s:e], num_visible[s:e], k)
+        top = scores.topk(k, dim=-1).indices
+        slots = entry_slots[query_req[s:e]].gather(1, top)
+        out[s:e] = torch.where(top < num_visible[s:e, None], slots, -1)
     return out
 
 
@@ -136,78 +130,11 @@ def indexer_scores(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: to
     return out
 
 
-@triton.jit
-def _score_key(row_ptr, j, ok):
-    """fp32 scores -> int64 keys in [0, 2^32) with the same order (the sign-flipped bit pattern; -0.0
-    taken as 0.0, which it equals)."""
-    v = tl.load(row_ptr + j, mask=ok, other=float("-inf"))
-    bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
-    return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64) + 2**31
-
-
-@triton.jit
-def _select_topk_kernel(s_ptr, entry_ptr, req_ptr, vis_ptr, out_ptr, N, K, s_stride, entry_stride, out_stride,
-                        CHUNK: tl.constexpr):
-    """One query: the slots of its K best scores among the entries it sees, -1 after them. Radix
-    select over the 32-bit keys (four 8-bit digits, one histogram pass each) finds the K-th key;
-    a compaction pass takes every key above it and the lowest-index ones equal to it."""
-    t = tl.program_id(0).to(tl.int64)
-    n_c = tl.minimum(tl.load(vis_ptr + t), N)  # candidates: entries j < n_c
-    entries = entry_ptr + tl.load(req_ptr + t).to(tl.int64) * entry_stride
-    row = s_ptr + t * s_stride
-    offs = tl.arange(0, CHUNK)
-    bins = tl.arange(0, 256)
-    kth = tl.full((), -1, tl.int64)  # with n_c <= K every candidate is taken
-    need = K  # how many keys equal to kth to take
-    if n_c > K:
-        kth = tl.full((), 0, tl.int64)
-        for level in tl.static_range(4):
-            shift = 24 - 8 * level
-            hist = tl.zeros([256], dtype=tl.int32)
-            for c0 in range(0, n_c, CHUNK):
-                j = c0 + offs
-                ok = j < n_c
-                u = _score_key(row, j, ok)
-                match = ok & ((u >> (shift + 8)) == (kth >> (shift + 8)))  # the digits above agree
-                hist += tl.histogram(((u >> shift) & 255).to(tl.int32), 256, mask=match)
-            ge = tl.cumsum(hist, 0, reverse=True)  # keys with this digit or a larger one
-            d = tl.max(tl.where(ge >= need, bins, -1), 0)
-            need -= tl.sum(tl.where(bins == d, ge - hist, 0), 0)
-            kth = kth | (d.to(tl.int64) << shift)
-    taken = tl.full((), 0, tl.int32)
-    eq_seen = tl.full((), 0, tl.int32)
-    for c0 in range(0, n_c, CHUNK):
-        j = c0 + offs
-        ok = j < n_c
-        u = _score_key(row, j, ok)
-        eq = ok & (u == kth)
-        take = (ok & (u > kth)) | (eq & (eq_seen + tl.cumsum(eq.to(tl.int32), 0) <= need))
-        pos = taken + tl.cumsum(take.to(tl.int32), 0) - 1
-        slot = tl.load(entries + j, mask=take, other=-1)
-        tl.store(out_ptr + t * out_stride + pos, slot.to(tl.int64), mask=take)
-        taken += tl.sum(take.to(tl.int32), 0)
-        eq_seen += tl.sum(eq.to(tl.int32), 0)
-    for c0 in range(taken, K, CHUNK):
-        pos = c0 + offs
-        tl.store(out_ptr + t * out_stride + pos, tl.full([CHUNK], -1, tl.int64), mask=pos < K)
-
-
-def select_topk(scores: torch.Tensor, entry_slots: torch.Tensor, query_req: torch.Tensor, num_visible: torch.Tensor,
-                k: int) -> torch.Tensor:
-    """Triton `select_topk_ref` (the same set of slots; ties go to the lower entry, slots unordered)."""
-    assert scores.dtype == torch.float32 and scores.stride(1) == 1 and entry_slots.stride(1) == 1
-    t = scores.shape[0]
-    out = torch.empty(t, k, dtype=torch.long, device=scores.device)
-    if t and k:
-        _select_topk_kernel[(t,)](scores, entry_slots, query_req, num_visible, out, scores.shape[1], k,
-                                  scores.stride(0), entry_slots.stride(0), out.stride(0), CHUNK=1024, num_warps=8)
-    return out
-
-
 def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torch.Tensor, query_req: torch.Tensor,
                  num_visible: torch.Tensor, topk: int, softmax_scale: float) -> torch.Tensor:
-    """Triton scores + Triton top-k selection over a bounded chunk of queries at a time, with
-    indexer_topk_ref's contract (keys: tensor, plain or FP8 PagedRows)."""
+    """Triton scores + chunked torch top-k, with indexer_topk_ref's contract (keys: tensor, plain or
+    FP8 PagedRows). (A one-program-per-query radix select was tried and measured slower on an
+    H200: 195 µs against torch.topk's 161 for 128 queries of 32K entries, 174 µs for one.)"""
     chunk = max(1, SCORE_ELEMENTS // max(1, entry_slots.shape[1]))
-    return _topk_in_chunks(indexer_scores, select_topk, chunk, q, weights, keys, entry_slots, query_req, num_visible,
-                           topk, softmax_scale)
+    return _topk_in_chunks(indexer_scores, chunk, q, weights, keys, entry_slots, query_req, num_visible, topk,
+                           softmax_scale)
