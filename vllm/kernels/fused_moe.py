@@ -172,12 +172,12 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
                      stride_we, stride_wn, stride_wse, stride_wsn, stride_wsk, stride_sn, stride_ssn, stride_ssk,
                      stride_om, GATED: tl.constexpr, A_BY_TOKEN: tl.constexpr, HAS_SHARED: tl.constexpr,
                      W_FMT: tl.constexpr, S_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
-                     BN: tl.constexpr, BK: tl.constexpr, BKS: tl.constexpr, WBLOCK_N: tl.constexpr,
-                     WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
-                     SCALED_DOT: tl.constexpr, S_SCALED_DOT: tl.constexpr):
+                     BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
+                     COMPUTE: tl.constexpr, PRECISION: tl.constexpr, SCALED_DOT: tl.constexpr,
+                     S_SCALED_DOT: tl.constexpr):
     """One (expert block, N tile): GATED -> h = swiglu(A w1^T, A w3^T) * route weight; else A w2^T.
     Rows of A are tokens (A_BY_TOKEN, first GEMM) or pairs (second GEMM); outputs are per pair.
-    BK / BKS, SCALED_DOT / S_SCALED_DOT: K tile and MXFP4 dot of the routed / shared weights."""
+    SCALED_DOT / S_SCALED_DOT: MXFP4 weights of the routed / shared expert through tl.dot_scaled."""
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= 0:
@@ -192,7 +192,7 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
             if expert == shared_id:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, s1_ptr, ss1_ptr, s3_ptr, ss3_ptr,
                                           n, n_ok, K, stride_sn, stride_ssn, stride_ssk, GATED, S_FMT, A_FP8, BM,
-                                          BN, BKS, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT)
+                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT)
             else:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
                                           ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse,
@@ -239,7 +239,8 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
     ws1, wse, wsn, wsk = _scales(r1)
     ss1, _, ssn, ssk = _scales(s1)
     blk = (s1 if s1.fmt == FP8_BLOCK else r1).block  # the FP8 weight's blocks (formats may mix)
-    bk_r, bk_s = (min(bk, blk[1]) if q.fmt == FP8_BLOCK else bk for q in (r1, s1))  # FP8 tiles stay in a block
+    if FP8_BLOCK in (r1.fmt, s1.fmt):
+        bk = min(bk, blk[1])  # an FP8 K tile stays inside one scale block
     grid = (align.block_expert.numel(), triton.cdiv(n, bn))
     cdt = compute_dtype(a, r1)
     _moe_gemm_kernel[grid](
@@ -247,8 +248,8 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
         align.sorted_pairs, align.block_expert, route, n, k, slots, r1.weight.shape[0], limit, a.stride(0),
         a_s.stride(0), r1.weight.stride(0), r1.weight.stride(1), wse, wsn, wsk, s1.weight.stride(0), ssn, ssk,
         out.stride(0), GATED=gate_up, A_BY_TOKEN=gate_up, HAS_SHARED=shared is not None, W_FMT=_FMT_CODE[r1.fmt],
-        S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk_r, BKS=bk_s, WBLOCK_N=blk[0],
-        WBLOCK_K=blk[1], COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
+        S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk, WBLOCK_N=blk[0], WBLOCK_K=blk[1],
+        COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
         SCALED_DOT=mxfp4_scaled_dot(a, r1), S_SCALED_DOT=mxfp4_scaled_dot(a, s1), num_warps=warps, num_stages=stages)
 
 
