@@ -30,16 +30,22 @@ CSA_RATIO, HCA_RATIO, BLOCK = 4, 128, 256
 CONTEXTS, BATCHES = (4096, 32768, 131072), (1, 8, 32, 128)
 
 
+def paged_cache(name: str, rows: int, width: int, block: int, layout) -> PagedRows:
+    """`rows` random bf16 rows of `width` written at slots 0.. into paged storage (plain when layout
+    is None, else quantized by the Triton insert)."""
+    spec = LayerTensorSpec(0, name, block, width, torch.bfloat16, layout)
+    cache = PagedRows(spec, -(-rows // block), torch.device("cuda"), fp8_insert=fp8_ds_mla.insert)
+    for s in range(0, rows, 1 << 20):
+        n = min(1 << 20, rows - s)
+        cache.write(torch.randn(n, width, device="cuda", dtype=torch.bfloat16),
+                    torch.arange(s, s + n, device="cuda"))
+    return cache
+
+
 def latent_cache(rows: int, fp8: bool) -> tuple[object, int]:
     """A paged latent cache of `rows` rows (random contents), and bytes per row."""
     layout = fp8_ds_mla.Fp8DsMlaLayout(block_size=BLOCK) if fp8 else None
-    spec = LayerTensorSpec(0, "swa", BLOCK, D, torch.bfloat16, layout)
-    cache = PagedRows(spec, -(-rows // BLOCK), torch.device("cuda"), fp8_insert=fp8_ds_mla.insert)
-    for s in range(0, rows, 1 << 20):
-        n = min(1 << 20, rows - s)
-        cache.write(torch.randn(n, D, device="cuda", dtype=torch.bfloat16),
-                    torch.arange(s, s + n, device="cuda"))
-    return cache, (layout.token_bytes if fp8 else 2 * D)
+    return paged_cache("swa", rows, D, BLOCK, layout), (layout.token_bytes if fp8 else 2 * D)
 
 
 def decode_case(batch: int, context: int, kind: str, fp8: bool):
@@ -120,14 +126,10 @@ def run_prefill(results, bw, mm, configs):
 
 def index_keys(rows: int, fp8: bool) -> tuple[object, int]:
     """`rows` random indexer keys: a bf16 tensor, or FP8 pages (`fp8_key_layout`); bytes per key."""
-    keys = torch.randn(rows, DI, device="cuda", dtype=torch.bfloat16)
     if not fp8:
-        return keys, 2 * DI
+        return torch.randn(rows, DI, device="cuda", dtype=torch.bfloat16), 2 * DI
     layout = fp8_ds_mla.fp8_key_layout(DI, BLOCK // CSA_RATIO)
-    paged = PagedRows(LayerTensorSpec(0, "index_keys", layout.block_size, DI, torch.bfloat16, layout),
-                      -(-rows // layout.block_size), torch.device("cuda"), fp8_insert=fp8_ds_mla.insert)
-    paged.write(keys, torch.arange(rows, device="cuda"))
-    return paged, layout.token_bytes
+    return paged_cache("index_keys", rows, DI, layout.block_size, layout), layout.token_bytes
 
 
 def run_indexer(results, bw, mm, contexts, batches):

@@ -1,8 +1,8 @@
 """DeepSeek V4's FP8 latent KV cache layout (FlashMLA "MODEL1", `fp8_ds_mla`; spec §5.1) in torch.
 
 Per token: `nope` FP8 e4m3 bytes, `rope` bf16 values, one UE8M0 scale per `tile` NoPE channels
-(padded to `scale_align` bytes, 8). For V4 (512 = 448 + 64, tile 64): 448 + 128 + 7 + 1 = 584 bytes. A page of
-`block_size` tokens is not interleaved per token:
+(padded to `scale_align` bytes, 8). For V4 (512 = 448 + 64, tile 64): 448 + 128 + 7 + 1 = 584
+bytes. A page of `block_size` tokens is not interleaved per token:
 
     [0, B*data)               token t at t*data: nope fp8 | rope bf16      (data = nope + 2*rope = 576)
     [B*data, B*(data+8))      token t at B*data + t*8: tile scales + pad

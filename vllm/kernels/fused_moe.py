@@ -259,7 +259,7 @@ def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None)
         assert w.in_features in (x.shape[1], routed.w1.out_features), "expert weight shapes do not match x"
     if shared is not None:
         assert shared.w1.act_fp8 == routed.w1.act_fp8, "shared and routed experts must agree on FP8 activations"
-        assert shared.w1.fmt != "fp8_block" or routed.w1.fmt != "fp8_block" or shared.w1.block == routed.w1.block
+        assert shared.w1.fmt != FP8_BLOCK or routed.w1.fmt != FP8_BLOCK or shared.w1.block == routed.w1.block
         assert shared.w1.weight.dim() == 2 and routed.w1.weight.dim() == 3
 
 
