@@ -154,16 +154,12 @@ def _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr
                  stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
                  WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
-                 SCALED_DOT: tl.constexpr):
-    acc1 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr,
-                       ws1_ptr, n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N,
-                       WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT)
-    acc3 = acc1
-    if GATED:
-        acc3 = _accumulate(tl.zeros((BM, BN), dtype=tl.float32), a_ptr, a_rows, row_ok, as_ptr, as_rows, w3_ptr,
-                           ws3_ptr, n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK,
-                           WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT)
-    return acc1, acc3
+                 SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr):
+    """(A w1^T, A w3^T) for GATED (gate and up in one K loop), else (A w1^T, unused)."""
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    return _accumulate(acc, acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n,
+                       n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K,
+                       COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT, DUAL=GATED, EVEN_K=EVEN_K)
 
 
 @triton.jit
@@ -174,7 +170,7 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
                      W_FMT: tl.constexpr, S_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
                      BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
                      COMPUTE: tl.constexpr, PRECISION: tl.constexpr, SCALED_DOT: tl.constexpr,
-                     S_SCALED_DOT: tl.constexpr):
+                     S_SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr):
     """One (expert block, N tile): GATED -> h = swiglu(A w1^T, A w3^T) * route weight; else A w2^T.
     Rows of A are tokens (A_BY_TOKEN, first GEMM) or pairs (second GEMM); outputs are per pair.
     SCALED_DOT / S_SCALED_DOT: MXFP4 weights of the routed / shared expert through tl.dot_scaled."""
@@ -192,17 +188,17 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
             if expert == shared_id:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, s1_ptr, ss1_ptr, s3_ptr, ss3_ptr,
                                           n, n_ok, K, stride_sn, stride_ssn, stride_ssk, GATED, S_FMT, A_FP8, BM,
-                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT)
+                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT, EVEN_K)
             else:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
                                           ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse,
                                           n, n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM,
-                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT)
+                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K)
         else:
             acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
                                       ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse, n,
                                       n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM, BN, BK,
-                                      WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT)
+                                      WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K)
         out_t = out_ptr.dtype.element_ty
         res = acc1
         if GATED:  # gate/up rounded to the activation dtype first, as the reference's projections return it
@@ -250,7 +246,8 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
         out.stride(0), GATED=gate_up, A_BY_TOKEN=gate_up, HAS_SHARED=shared is not None, W_FMT=_FMT_CODE[r1.fmt],
         S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk, WBLOCK_N=blk[0], WBLOCK_K=blk[1],
         COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
-        SCALED_DOT=mxfp4_scaled_dot(a, r1), S_SCALED_DOT=mxfp4_scaled_dot(a, s1), num_warps=warps, num_stages=stages)
+        SCALED_DOT=mxfp4_scaled_dot(a, r1), S_SCALED_DOT=mxfp4_scaled_dot(a, s1), EVEN_K=k % bk == 0,
+        num_warps=warps, num_stages=stages)
 
 
 def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None) -> None:

@@ -72,74 +72,134 @@ def linear_ref(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor
 
 
 @triton.jit
-def _accumulate(acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, n, ns, n_ok, k_lo, k_hi, K,
-                stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BK: tl.constexpr,
-                WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
-                PRECISION: tl.constexpr, FP8_DOT: tl.constexpr = False, SCALED_DOT: tl.constexpr = False):
-    """acc `[BM, BN]` += A[rows, k_lo:k_hi] @ W[n, k_lo:k_hi]^T. `a_rows` / `as_rows`: element offsets
-    of each row of A and of its FP8 scales; W (and its scales) already offset to the expert; `n` the
-    tile's weight rows, `ns` the same rows as the scales count them (groups share straddling blocks)."""
-    if W_FMT == 2 and SCALED_DOT:  # MXFP4 through the compiler's microscaled dot (its fast e2m1 upcast)
-        kk = tl.arange(0, BK)
-        c = tl.arange(0, BK // 2)
-        gg = tl.arange(0, BK // 32)
-        for k0 in range(k_lo, k_hi, BK):
-            k = k0 + kk
-            a = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=row_ok[:, None] & (k < K)[None, :], other=0.0)
-            kc = k0 // 2 + c
-            wb = tl.load(w_ptr + n[None, :] * stride_wn + kc[:, None], mask=(kc < K // 2)[:, None] & n_ok[None, :],
-                         other=0).to(tl.uint8, bitcast=True)
-            g = k0 // 32 + gg
-            g_ok = g < K // 32
-            sb = tl.load(ws_ptr + ns[:, None] * stride_wsn + g[None, :], mask=n_ok[:, None] & g_ok[None, :],
-                         other=127).to(tl.uint8, bitcast=True)
+def _mxfp4_scaled_part(acc, a, a_e, w_ptr, ws_ptr, n, ns, n_ok, k0, K, stride_wn, stride_wsn, A_FP8: tl.constexpr,
+                       BK: tl.constexpr, EVEN_K: tl.constexpr):
+    """acc += one K tile of MXFP4 weight rows `n` through the compiler's microscaled dot (its fast
+    e2m1 upcast); `a` already loaded (with its e8m0 scale bytes when FP8)."""
+    kc = k0 // 2 + tl.arange(0, BK // 2)
+    g = k0 // 32 + tl.arange(0, BK // 32)
+    if EVEN_K:  # no K mask: the weight loads vectorize to 16 bytes
+        wm = n_ok[None, :]
+        sm = n_ok[:, None]
+    else:
+        wm = (kc < K // 2)[:, None] & n_ok[None, :]
+        sm = n_ok[:, None] & (g < K // 32)[None, :]
+    wb = tl.load(w_ptr + n[None, :] * stride_wn + kc[:, None], mask=wm, other=0).to(tl.uint8, bitcast=True)
+    sb = tl.load(ws_ptr + ns[:, None] * stride_wsn + g[None, :], mask=sm, other=127).to(tl.uint8, bitcast=True)
+    if A_FP8:
+        acc = tl.dot_scaled(a, a_e, "e4m3", wb, sb, "e2m1", acc)
+    else:
+        acc = tl.dot_scaled(a, None, "bf16", wb, sb, "e2m1", acc)
+    return acc
+
+
+@triton.jit
+def _mxfp4_decoded_part(acc, a_even, a_odd, a_scale, w_ptr, ws_ptr, n, ns, n_ok, k0, K, stride_wn, stride_wsn,
+                        A_FP8: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr, COMPUTE: tl.constexpr,
+                        PRECISION: tl.constexpr):
+    """acc += one K tile of MXFP4 weight rows `n` decoded here: even and odd k against the low and
+    high nibbles."""
+    HALF: tl.constexpr = BK // 2
+    kc = k0 // 2 + tl.arange(0, HALF)
+    g = k0 // 32 + tl.arange(0, BK // 32)
+    if EVEN_K:
+        wm = n_ok[None, :]
+    else:
+        wm = (kc < K // 2)[:, None] & n_ok[None, :]
+    wb = tl.load(w_ptr + n[None, :] * stride_wn + kc[:, None], mask=wm, other=0).to(tl.int32) & 0xFF
+    # one scale byte per 32 k = 16 packed columns: load [BK/32, BN], broadcast over the 16
+    sb = tl.load(ws_ptr + ns[None, :] * stride_wsn + g[:, None], mask=(g < K // 32)[:, None] & n_ok[None, :],
+                 other=127).to(tl.int32) & 0xFF
+    sb = tl.reshape(tl.broadcast_to(sb[:, None, :], (BK // 32, 16, n.shape[0])), (HALF, n.shape[0]))
+    part = tl.dot(a_even, e2m1_scaled(wb & 0xF, sb).to(COMPUTE), input_precision=PRECISION)
+    part += tl.dot(a_odd, e2m1_scaled(wb >> 4, sb).to(COMPUTE), input_precision=PRECISION)
+    if A_FP8:
+        part *= a_scale[:, None]
+    return acc + part
+
+
+@triton.jit
+def _block_part(acc, a, a_scale, w_ptr, ws_ptr, n, ns, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk,
+                W_FMT: tl.constexpr, A_FP8: tl.constexpr, BK: tl.constexpr, EVEN_K: tl.constexpr,
+                WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
+                FP8_DOT: tl.constexpr):
+    """acc += one K tile of plain or FP8-block weight rows `n`."""
+    k = k0 + tl.arange(0, BK)
+    if EVEN_K:
+        wm = n_ok[None, :]
+    else:
+        wm = (k < K)[:, None] & n_ok[None, :]
+    w = tl.load(w_ptr + n[None, :] * stride_wn + k[:, None], mask=wm, other=0.0)
+    if FP8_DOT:  # e4m3 x e4m3 on the tensor cores, promoted to fp32 per K tile (DeepGEMM's recipe)
+        part = tl.dot(a, w)
+    else:
+        part = tl.dot(a.to(COMPUTE), w.to(COMPUTE), input_precision=PRECISION)
+    if W_FMT == 1:  # FP8 blocks: one scale per (n block, k block); the K tile sits in one block
+        sw = tl.load(ws_ptr + (ns // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk, mask=n_ok,
+                     other=0).to(tl.int32) & 0xFF
+        part *= ((sw << 23).to(tl.float32, bitcast=True))[None, :]
+    if A_FP8:
+        part *= a_scale[:, None]
+    return acc + part
+
+
+@triton.jit
+def _accumulate(acc, acc3, a_ptr, a_rows, row_ok, as_ptr, as_rows, w_ptr, ws_ptr, w3_ptr, ws3_ptr, n, ns, n_ok,
+                k_lo, k_hi, K, stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
+                BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr,
+                PRECISION: tl.constexpr, FP8_DOT: tl.constexpr = False, SCALED_DOT: tl.constexpr = False,
+                DUAL: tl.constexpr = False, EVEN_K: tl.constexpr = False):
+    """(acc, acc3) `[BM, BN]` += A[rows, k_lo:k_hi] @ (W, W3)[n, k_lo:k_hi]^T in ONE K loop: each A tile
+    is loaded once and, with DUAL (gate and up), both weights' tiles are in flight together. W3
+    shares W's strides and is ignored without DUAL. `a_rows` / `as_rows`: element offsets of each row
+    of A and of its FP8 scales; W (and its scales) already offset to the expert; `n` the tile's weight
+    rows, `ns` the same rows as the scales count them (groups share straddling blocks). EVEN_K: K is a
+    multiple of BK, so no load needs a K mask."""
+    for k0 in range(k_lo, k_hi, BK):
+        if W_FMT == 2 and SCALED_DOT:
+            k = k0 + tl.arange(0, BK)
+            am = row_ok[:, None] if EVEN_K else row_ok[:, None] & (k < K)[None, :]
+            a = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=am, other=0.0)
+            a_e = a  # placeholder: bf16 activations carry no scale
             if A_FP8:  # the activation's power-of-two scale per 128 channels is an e8m0 byte per 32
-                a_s = tl.load(as_ptr + as_rows[:, None] + (g // 4)[None, :], mask=row_ok[:, None] & g_ok[None, :],
-                              other=1.0)
+                g = k0 // 32 + tl.arange(0, BK // 32)
+                a_s = tl.load(as_ptr + as_rows[:, None] + (g // 4)[None, :],
+                              mask=row_ok[:, None] & (g < K // 32)[None, :], other=1.0)
                 a_e = ((a_s.to(tl.int32, bitcast=True) >> 23) & 0xFF).to(tl.uint8)
-                acc = tl.dot_scaled(a, a_e, "e4m3", wb, sb, "e2m1", acc)
             else:
-                acc = tl.dot_scaled(a.to(tl.bfloat16), None, "bf16", wb, sb, "e2m1", acc)
-    elif W_FMT == 2:  # MXFP4 decoded here: even and odd k against the low and high nibbles
-        HALF: tl.constexpr = BK // 2
-        c = tl.arange(0, HALF)
-        for k0 in range(k_lo, k_hi, BK):
-            kc = k0 // 2 + c  # packed column
-            kok = kc < K // 2
-            am = row_ok[:, None] & kok[None, :]
+                a = a.to(tl.bfloat16)
+            acc = _mxfp4_scaled_part(acc, a, a_e, w_ptr, ws_ptr, n, ns, n_ok, k0, K, stride_wn, stride_wsn, A_FP8,
+                                     BK, EVEN_K)
+            if DUAL:
+                acc3 = _mxfp4_scaled_part(acc3, a, a_e, w3_ptr, ws3_ptr, n, ns, n_ok, k0, K, stride_wn, stride_wsn,
+                                          A_FP8, BK, EVEN_K)
+        elif W_FMT == 2:
+            kc = k0 // 2 + tl.arange(0, BK // 2)  # packed column
+            am = row_ok[:, None] if EVEN_K else row_ok[:, None] & (kc < K // 2)[None, :]
             a_even = tl.load(a_ptr + a_rows[:, None] + 2 * kc[None, :], mask=am, other=0.0).to(COMPUTE)
             a_odd = tl.load(a_ptr + a_rows[:, None] + 2 * kc[None, :] + 1, mask=am, other=0.0).to(COMPUTE)
-            wm = kok[:, None] & n_ok[None, :]
-            wb = tl.load(w_ptr + n[None, :] * stride_wn + kc[:, None], mask=wm, other=0).to(tl.int32) & 0xFF
-            # one scale byte per 32 k = 16 packed columns: load [BK/32, BN], broadcast over the 16
-            g = k0 // 32 + tl.arange(0, BK // 32)
-            sb = tl.load(ws_ptr + ns[None, :] * stride_wsn + g[:, None], mask=(g < K // 32)[:, None] & n_ok[None, :],
-                         other=127).to(tl.int32) & 0xFF
-            sb = tl.reshape(tl.broadcast_to(sb[:, None, :], (BK // 32, 16, n.shape[0])), (HALF, n.shape[0]))
-            part = tl.dot(a_even, e2m1_scaled(wb & 0xF, sb).to(COMPUTE), input_precision=PRECISION)
-            part += tl.dot(a_odd, e2m1_scaled(wb >> 4, sb).to(COMPUTE), input_precision=PRECISION)
+            a_scale = row_ok  # (unused without FP8 activations)
             if A_FP8:
-                part *= tl.load(as_ptr + as_rows + k0 // 128, mask=row_ok, other=0.0)[:, None]
-            acc += part
-    else:
-        kk = tl.arange(0, BK)
-        for k0 in range(k_lo, k_hi, BK):
-            k = k0 + kk
-            kok = k < K
-            a = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=row_ok[:, None] & kok[None, :], other=0.0)
-            w = tl.load(w_ptr + n[None, :] * stride_wn + k[:, None], mask=kok[:, None] & n_ok[None, :], other=0.0)
-            if FP8_DOT:  # e4m3 x e4m3 on the tensor cores, promoted to fp32 per K tile (DeepGEMM's recipe)
-                part = tl.dot(a, w)
-            else:
-                part = tl.dot(a.to(COMPUTE), w.to(COMPUTE), input_precision=PRECISION)
-            if W_FMT == 1:  # FP8 blocks: one scale per (n block, k block); the K tile sits in one block
-                sw = tl.load(ws_ptr + (ns // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk, mask=n_ok,
-                             other=0).to(tl.int32) & 0xFF
-                part *= ((sw << 23).to(tl.float32, bitcast=True))[None, :]
+                a_scale = tl.load(as_ptr + as_rows + k0 // 128, mask=row_ok, other=0.0)
+            acc = _mxfp4_decoded_part(acc, a_even, a_odd, a_scale, w_ptr, ws_ptr, n, ns, n_ok, k0, K, stride_wn,
+                                      stride_wsn, A_FP8, BK, EVEN_K, COMPUTE, PRECISION)
+            if DUAL:
+                acc3 = _mxfp4_decoded_part(acc3, a_even, a_odd, a_scale, w3_ptr, ws3_ptr, n, ns, n_ok, k0, K,
+                                           stride_wn, stride_wsn, A_FP8, BK, EVEN_K, COMPUTE, PRECISION)
+        else:
+            k = k0 + tl.arange(0, BK)
+            am = row_ok[:, None] if EVEN_K else row_ok[:, None] & (k < K)[None, :]
+            a = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=am, other=0.0)
+            a_scale = row_ok  # (unused without FP8 activations)
             if A_FP8:
-                part *= tl.load(as_ptr + as_rows + k0 // 128, mask=row_ok, other=0.0)[:, None]
-            acc += part
-    return acc
+                a_scale = tl.load(as_ptr + as_rows + k0 // 128, mask=row_ok, other=0.0)
+            acc = _block_part(acc, a, a_scale, w_ptr, ws_ptr, n, ns, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk,
+                              W_FMT, A_FP8, BK, EVEN_K, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, FP8_DOT)
+            if DUAL:
+                acc3 = _block_part(acc3, a, a_scale, w3_ptr, ws3_ptr, n, ns, n_ok, k0, K, stride_wn, stride_wsn,
+                                   stride_wsk, W_FMT, A_FP8, BK, EVEN_K, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION,
+                                   FP8_DOT)
+    return acc, acc3
 
 
 @triton.jit
@@ -148,7 +208,7 @@ def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stri
                    stride_og, SPLITS: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
                    BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
                    COMPUTE: tl.constexpr, PRECISION: tl.constexpr, FP8_DOT: tl.constexpr,
-                   SCALED_DOT: tl.constexpr):
+                   SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr):
     pid_m, pid_n, pid_gs = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     g = pid_gs // SPLITS
     split = pid_gs % SPLITS
@@ -159,10 +219,11 @@ def _linear_kernel(a_ptr, as_ptr, w_ptr, ws_ptr, out_ptr, M, N, K, k_split, stri
     k_lo = split * k_split
     k_hi = tl.minimum(k_lo + k_split, K)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    acc = _accumulate(acc, a_ptr + g * stride_ag, rows * stride_am, row_ok, as_ptr + g * stride_asg,
-                      rows * stride_asm, w_ptr + g * stride_wg, ws_ptr, n, n + g * N, n_ok, k_lo, k_hi, K,
-                      stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION,
-                      FP8_DOT, SCALED_DOT)
+    w = w_ptr + g * stride_wg
+    acc, _ = _accumulate(acc, acc, a_ptr + g * stride_ag, rows * stride_am, row_ok, as_ptr + g * stride_asg,
+                         rows * stride_asm, w, ws_ptr, w, ws_ptr, n, n + g * N, n_ok, k_lo, k_hi, K, stride_wn,
+                         stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, FP8_DOT,
+                         SCALED_DOT, EVEN_K=EVEN_K)
     out = out_ptr + split * stride_os + g * stride_og + rows[:, None] * stride_om + n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
@@ -242,7 +303,8 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
         target.stride(-3), target.stride(-2), SPLITS=splits, W_FMT=_FMT_CODE[w.fmt], A_FP8=w.act_fp8, BM=bm,
         BN=bn, BK=bk, WBLOCK_N=w.block[0], WBLOCK_K=w.block[1], COMPUTE=cdt,
         PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
-        FP8_DOT=fp8_tensor_cores(x, w), SCALED_DOT=mxfp4_scaled_dot(x, w), num_warps=warps, num_stages=stages)
+        FP8_DOT=fp8_tensor_cores(x, w), SCALED_DOT=mxfp4_scaled_dot(x, w), EVEN_K=k % bk == 0, num_warps=warps,
+        num_stages=stages)
     if splits > 1:
         out = target.sum(0).to(x.dtype)
     return out.view(m, n_total) if groups == 1 else out

@@ -58,9 +58,10 @@ def sparse_attn_ref(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tenso
 @triton.jit
 def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D: tl.constexpr,
                BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
-               DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr):
-    """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` fp32 (zeros where invalid or past D). fp8_ds_mla
-    pages hold `page_rows` rows in `page_bytes` bytes (per source: groups differ in rows per block)."""
+               DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr, DTYPE: tl.constexpr, DEQ: tl.constexpr):
+    """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` in the dot's DTYPE (zeros where invalid or past D).
+    fp8_ds_mla pages hold `page_rows` rows in `page_bytes` bytes (per source: groups differ in rows
+    per block); they dequantize in DEQ (bf16 for bf16 dots: a power-of-two scale is exact there)."""
     if IS_FP8:  # [BK, tiles, TILE] so each tile's scale broadcasts; rope fills the channels after NoPE
         page = (slots // page_rows).to(tl.int64)
         off = (slots % page_rows).to(tl.int64)
@@ -72,23 +73,23 @@ def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes,
         is_rope = ((ch >= NOPE) & (ch < NOPE + ROPE))[None, :, :]
         row = src_ptr + data[:, None, None] + ch[None, :, :]
         ok = valid[:, None, None]
-        nope = tl.load(row, mask=ok & is_nope, other=0).to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        nope = tl.load(row, mask=ok & is_nope, other=0).to(tl.float8e4nv, bitcast=True).to(DEQ)
         sbyte = tl.load(src_ptr + scales[:, None] + tiles[None, :],
                         mask=valid[:, None] & (tiles < NOPE // TILE)[None, :], other=127)
-        nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0)[:, :, None]
+        nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0).to(DEQ)[:, :, None]
         rope_ptr = (row + (ch[None, :, :] - NOPE)).to(tl.pointer_type(tl.bfloat16))  # byte NOPE + 2*(c - NOPE)
-        rope = tl.load(rope_ptr, mask=ok & is_rope, other=0.0).to(tl.float32)
-        return tl.reshape(tl.where(is_nope, nope, rope), [slots.shape[0], BLOCK_D])
+        rope = tl.load(rope_ptr, mask=ok & is_rope, other=0.0).to(DEQ)
+        return tl.reshape(tl.where(is_nope, nope, rope), [slots.shape[0], BLOCK_D]).to(DTYPE)
     else:
         ptr = src_ptr + slots.to(tl.int64)[:, None] * row_stride + offs_d[None, :]
-        return tl.load(ptr, mask=valid[:, None] & (offs_d < D)[None, :], other=0.0).to(tl.float32)
+        return tl.load(ptr, mask=valid[:, None] & (offs_d < D)[None, :], other=0.0).to(DTYPE)
 
 
 @triton.jit
 def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, page_rows, page_bytes, scale, D: tl.constexpr,
             BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr,
             ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr,
-            PRECISION: tl.constexpr):
+            PRECISION: tl.constexpr, DEQ: tl.constexpr):
     """Online-softmax update of (m, l, acc) over indices [lo, hi) of one query's list at `idx_ptr`."""
     offs_d = tl.arange(0, BLOCK_D)
     for k0 in range(lo, hi, BLOCK_K):
@@ -96,7 +97,7 @@ def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, page_rows, page_
         slots = tl.load(idx_ptr + kk, mask=kk < hi, other=-1)
         valid = slots >= 0
         kv = _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D, BLOCK_D, IS_FP8, NOPE,
-                        ROPE, TILE, DATA_BYTES, SCALE_BYTES).to(q.dtype)  # [BK, BD]
+                        ROPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype, DEQ)  # [BK, BD]
         s = tl.dot(q, tl.trans(kv), input_precision=PRECISION) * scale  # [BH, BK] fp32
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
@@ -116,7 +117,7 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
                         D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                         NUM_SPLITS: tl.constexpr, HAS_SRC1: tl.constexpr, IS_FP8: tl.constexpr,
                         NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
-                        SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr):
+                        SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr, DEQ: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1)
     split = tl.program_id(2)
@@ -133,13 +134,13 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
     hi = lo + split_len
     m, l, acc = _attend(q, m, l, acc, src0_ptr, idx0_ptr + t * idx0_stride, tl.minimum(lo, k0_len),
                         tl.minimum(hi, k0_len), row0_stride, page0_rows, page0_bytes, scale, D, BLOCK_K, BLOCK_D,
-                        IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, PRECISION)
+                        IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, PRECISION, DEQ)
     if HAS_SRC1:
         lo1 = tl.minimum(tl.maximum(lo - k0_len, 0), k1_len)
         hi1 = tl.minimum(tl.maximum(hi - k0_len, 0), k1_len)
         m, l, acc = _attend(q, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1, row1_stride, page1_rows,
                             page1_bytes, scale, D, BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE, DATA_BYTES,
-                            SCALE_BYTES, PRECISION)
+                            SCALE_BYTES, PRECISION, DEQ)
     if NUM_SPLITS == 1:
         sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0)
         mf = tl.maximum(m, sink)
@@ -204,23 +205,26 @@ def _source(src, idx: torch.Tensor) -> _Source:
 
 
 def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> int:
-    """Split each index list so that programs fill the GPU twice over, keeping >= 2 blocks per split."""
+    """Split each index list so that about one program runs per multiprocessor, keeping >= 2 blocks
+    per split. One program holds a [heads, 512] fp32 accumulator and fills an SM's registers, so a
+    second wave costs more than the merge saves (H200: 64 heads at 64 / 128 requests, 2 / 1 splits,
+    49 / 79 us, against 72 / 93 us when filling the GPU twice over)."""
     if num_programs >= num_sms or total <= 2 * block_k:
         return 1
-    return max(1, min(-(-2 * num_sms // num_programs), total // (2 * block_k), 32))
+    return max(1, min(num_sms // num_programs, total // (2 * block_k), 32))
 
 
 def launch_config(t: int, h: int, fp8: bool) -> dict:
-    """Default (block_h, block_k, num_warps) from H100 sweeps at V4-Flash shapes (64 heads, 512 latent,
-    640 rows per query; benchmarks/results/h100_attention_kernels.json): all heads in one program
-    for fp8 pages (dequantize each row once) and for prefill-sized batches; smaller head blocks
-    (more programs in flight) for plain rows at decode sizes."""
+    """Default (block_h, block_k, num_warps) from H100 / H200 sweeps at V4-Flash shapes (64 heads, 512
+    latent, 640 rows per query; benchmarks/results/h200_sparse_attn_decode_sweep.json): all heads in one
+    program (each row read once) for fp8 pages and from 32 requests on; smaller head blocks (more
+    programs in flight) for plain rows at small batches."""
     if fp8:
         cfg = dict(block_h=64, block_k=64 if t >= 32 else 32, num_warps=8)
     elif t >= 1024:
         cfg = dict(block_h=64, block_k=64, num_warps=8)
-    elif t >= 128:
-        cfg = dict(block_h=32, block_k=32, num_warps=4)
+    elif t >= 32:
+        cfg = dict(block_h=64, block_k=32, num_warps=8)
     else:
         cfg = dict(block_h=16, block_k=64, num_warps=4)
     cfg["block_h"] = min(cfg["block_h"], max(16, next_pow2(h)))
@@ -283,7 +287,8 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         *args[0].kernel_args, *a1.kernel_args,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
         D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, NUM_SPLITS=num_splits, HAS_SRC1=len(args) == 2,
-        IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype), num_warps=num_warps,
+        IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype),
+        DEQ=tl.bfloat16 if q.dtype == torch.bfloat16 else tl.float32, num_warps=num_warps,
         num_stages=num_stages, **fp8)
     if num_splits > 1:
         _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
