@@ -86,6 +86,14 @@ def test_sparse_attn_several_queries_per_request_share_rows():
                  1e-5)
 
 
+@pytest.mark.parametrize("programs,splits", [(128, 1), (132, 1), (64, 2), (32, 4), (8, 5), (1, 5)])
+def test_pick_splits_runs_about_one_program_per_sm(programs, splits):
+    """A 64-head program fills an SM's registers: split only up to ~one program per SM (H200 sweep),
+    and never below two 64-row blocks per split of a 640-row list."""
+    assert sa.pick_splits(programs, 640, 64, 132) == splits
+    assert programs * splits <= max(132, programs)
+
+
 @pytest.mark.skipif(DEV.type != "cuda", reason="bf16 tl.dot is not exact in Triton's interpreter")
 @pytest.mark.parametrize("h", [128, 64, 32, 16, 8])
 def test_sparse_attn_bf16_v4_width(h):
