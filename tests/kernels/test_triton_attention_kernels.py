@@ -51,9 +51,10 @@ CASES = {  # name: (T, H, K window, K compressed, fraction invalid)
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16-rows", "fp8_ds_mla"])
+@pytest.mark.parametrize("parts", [1, 2], ids=["whole-latent", "latent-halves"])
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_sparse_attn_matches_reference(case, splits, fp8):
+def test_sparse_attn_matches_reference(case, splits, parts, fp8):
     t, h, kw, kc, invalid = CASES[case]
     d, n = 64, 50
     layout = TINY_FP8 if fp8 else None
@@ -67,7 +68,7 @@ def test_sparse_attn_matches_reference(case, splits, fp8):
         sources[0][1][0, -1] = 7
     q = torch.randn(t, h, d, device=DEV)
     sink = torch.randn(h, device=DEV)
-    out = sa.sparse_attn(q, sources, sink, d**-0.5, num_splits=splits, block_k=16)
+    out = sa.sparse_attn(q, sources, sink, d**-0.5, num_splits=splits, block_k=16, parts=parts)
     ref = sa.sparse_attn_ref(q, sources, sink, d**-0.5)
     assert_close(out, ref, 1e-5, case)  # tf32 dots on a GPU
     if invalid == 1.0:

@@ -6,9 +6,12 @@ one softmax over the union, the sink adding exp(sink_h) to the denominator only.
 the same latent row. A source is a `[N, D]` tensor or paged rows with `.gather(slots)`.
 
 `sparse_attn_ref` is the torch reference; `sparse_attn` the Triton launcher: one program per
-(query, head block, split of the index list) with online softmax, fp8_ds_mla pages dequantized
-in-kernel; with several splits a second kernel merges the partial (output, LSE) pairs and adds
-the sink once.
+(query, head block, part of the output channels, split of the index list) with online softmax,
+fp8_ds_mla pages dequantized in-kernel; with several splits a second kernel merges the partial
+(output, LSE) pairs and adds the sink once. With 2 parts, two programs share a head block: each
+scores over all channels but accumulates only its half, halving the [heads, 512] fp32
+accumulator that otherwise fills an SM's registers (more programs in flight where a small batch
+leaves SMs idle).
 """
 
 from __future__ import annotations
@@ -56,50 +59,58 @@ def sparse_attn_ref(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tenso
 # Triton
 
 @triton.jit
-def _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D: tl.constexpr,
-               BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
-               DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr, DTYPE: tl.constexpr, DEQ: tl.constexpr):
-    """Rows at `slots` `[BK]` -> `[BK, BLOCK_D]` in the dot's DTYPE (zeros where invalid or past D).
-    fp8_ds_mla pages hold `page_rows` rows in `page_bytes` bytes (per source: groups differ in rows
-    per block); they dequantize in DEQ (bf16 for bf16 dots: a power-of-two scale is exact there)."""
+def _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D: tl.constexpr, W: tl.constexpr,
+               IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
+               DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr, DTYPE: tl.constexpr):
+    """Channels [c0, c0 + W) of the rows at `slots` `[BK]` -> `[BK, W]` in the dot's DTYPE (zeros where
+    invalid or past D). fp8_ds_mla pages hold `page_rows` rows in `page_bytes` bytes (per source: groups
+    differ in rows per block); c0 and W are multiples of the scale tile. They dequantize in bf16 for bf16
+    dots (a power-of-two scale is exact there), else in fp32."""
     if IS_FP8:  # [BK, tiles, TILE] so each tile's scale broadcasts; rope fills the channels after NoPE
+        deq = tl.bfloat16 if DTYPE == tl.bfloat16 else tl.float32
         page = (slots // page_rows).to(tl.int64)
         off = (slots % page_rows).to(tl.int64)
         data = tl.multiple_of(page * page_bytes + off * DATA_BYTES, 16)  # [BK] (asserted: 16 | data, page)
         scales = page * page_bytes + page_rows * DATA_BYTES + off * SCALE_BYTES
-        tiles = tl.arange(0, BLOCK_D // TILE)
+        tiles = c0 // TILE + tl.arange(0, W // TILE)
         ch = tiles[:, None] * TILE + tl.arange(0, TILE)[None, :]  # [tiles, TILE] latent channel
         is_nope = (ch < NOPE)[None, :, :]
         is_rope = ((ch >= NOPE) & (ch < NOPE + ROPE))[None, :, :]
         row = src_ptr + data[:, None, None] + ch[None, :, :]
         ok = valid[:, None, None]
-        nope = tl.load(row, mask=ok & is_nope, other=0).to(tl.float8e4nv, bitcast=True).to(DEQ)
+        nope = tl.load(row, mask=ok & is_nope, other=0).to(tl.float8e4nv, bitcast=True).to(deq)
         sbyte = tl.load(src_ptr + scales[:, None] + tiles[None, :],
                         mask=valid[:, None] & (tiles < NOPE // TILE)[None, :], other=127)
-        nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0).to(DEQ)[:, :, None]
+        nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0).to(deq)[:, :, None]
         rope_ptr = (row + (ch[None, :, :] - NOPE)).to(tl.pointer_type(tl.bfloat16))  # byte NOPE + 2*(c - NOPE)
-        rope = tl.load(rope_ptr, mask=ok & is_rope, other=0.0).to(DEQ)
-        return tl.reshape(tl.where(is_nope, nope, rope), [slots.shape[0], BLOCK_D]).to(DTYPE)
+        rope = tl.load(rope_ptr, mask=ok & is_rope, other=0.0).to(deq)
+        return tl.reshape(tl.where(is_nope, nope, rope), [slots.shape[0], W]).to(DTYPE)
     else:
-        ptr = src_ptr + slots.to(tl.int64)[:, None] * row_stride + offs_d[None, :]
-        return tl.load(ptr, mask=valid[:, None] & (offs_d < D)[None, :], other=0.0).to(DTYPE)
+        offs = c0 + tl.arange(0, W)
+        ptr = src_ptr + slots.to(tl.int64)[:, None] * row_stride + offs[None, :]
+        return tl.load(ptr, mask=valid[:, None] & (offs < D)[None, :], other=0.0).to(DTYPE)
 
 
 @triton.jit
-def _attend(q, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, page_rows, page_bytes, scale, D: tl.constexpr,
-            BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr,
-            ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr,
-            PRECISION: tl.constexpr, DEQ: tl.constexpr):
-    """Online-softmax update of (m, l, acc) over indices [lo, hi) of one query's list at `idx_ptr`."""
-    offs_d = tl.arange(0, BLOCK_D)
+def _attend(q, q_rest, c0, c_rest, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, page_rows, page_bytes, scale,
+            D: tl.constexpr, BLOCK_K: tl.constexpr, W: tl.constexpr, PARTS: tl.constexpr, IS_FP8: tl.constexpr,
+            NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
+            SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr):
+    """Online-softmax update of (m, l, acc) over indices [lo, hi) of one query's list at `idx_ptr`. This
+    program's output channels are [c0, c0 + W) (q's there); with 2 parts the scores also take the other
+    half (q_rest at c_rest), which this program reads but does not accumulate."""
     for k0 in range(lo, hi, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         slots = tl.load(idx_ptr + kk, mask=kk < hi, other=-1)
         valid = slots >= 0
-        kv = _load_rows(src_ptr, slots, valid, offs_d, row_stride, page_rows, page_bytes, D, BLOCK_D, IS_FP8, NOPE,
-                        ROPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype, DEQ)  # [BK, BD]
-        s = tl.dot(q, tl.trans(kv), input_precision=PRECISION) * scale  # [BH, BK] fp32
-        s = tl.where(valid[None, :], s, float("-inf"))
+        kv = _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D, W, IS_FP8, NOPE,
+                        ROPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype)  # [BK, W]
+        s = tl.dot(q, tl.trans(kv), input_precision=PRECISION)  # [BH, BK] fp32
+        if PARTS == 2:
+            k_rest = _load_rows(src_ptr, slots, valid, c_rest, row_stride, page_rows, page_bytes, D, W, IS_FP8,
+                                NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype)
+            s = tl.dot(q_rest, tl.trans(k_rest), s, input_precision=PRECISION)
+        s = tl.where(valid[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
@@ -115,45 +126,53 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
                         src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride, page1_rows, page1_bytes,
                         H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, scale,
                         D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                        NUM_SPLITS: tl.constexpr, HAS_SRC1: tl.constexpr, IS_FP8: tl.constexpr,
-                        NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
-                        SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr, DEQ: tl.constexpr):
+                        PARTS: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_SRC1: tl.constexpr,
+                        IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
+                        DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
-    hb = tl.program_id(1)
+    hb = tl.program_id(1) // PARTS
+    part = tl.program_id(1) % PARTS
     split = tl.program_id(2)
+    W: tl.constexpr = BLOCK_D // PARTS
+    c0 = part * W  # this program's output channels [c0, c0 + W)
+    c_rest = (1 - part) * W if PARTS == 2 else c0
     heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs = c0 + tl.arange(0, W)
+    offs_rest = c_rest + tl.arange(0, W)
     hmask = heads < H
-    q = tl.load(q_ptr + t * q_stride_t + heads[:, None] * q_stride_h + offs_d[None, :],
-                mask=hmask[:, None] & (offs_d < D)[None, :], other=0.0)
+    q_row = q_ptr + t * q_stride_t + heads[:, None] * q_stride_h
+    q = tl.load(q_row + offs[None, :], mask=hmask[:, None] & (offs < D)[None, :], other=0.0)
+    q_rest = q
+    if PARTS == 2:
+        q_rest = tl.load(q_row + offs_rest[None, :], mask=hmask[:, None] & (offs_rest < D)[None, :], other=0.0)
     m = tl.full([BLOCK_H], -1e30, tl.float32)  # finite: exp(m - m_new) stays 0/1, never nan
     l = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_H, W], tl.float32)
     # this split's part of the concatenated list [src0 indices | src1 indices]
     lo = split * split_len
     hi = lo + split_len
-    m, l, acc = _attend(q, m, l, acc, src0_ptr, idx0_ptr + t * idx0_stride, tl.minimum(lo, k0_len),
-                        tl.minimum(hi, k0_len), row0_stride, page0_rows, page0_bytes, scale, D, BLOCK_K, BLOCK_D,
-                        IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, PRECISION, DEQ)
+    m, l, acc = _attend(q, q_rest, c0, c_rest, m, l, acc, src0_ptr, idx0_ptr + t * idx0_stride,
+                        tl.minimum(lo, k0_len), tl.minimum(hi, k0_len), row0_stride, page0_rows, page0_bytes, scale,
+                        D, BLOCK_K, W, PARTS, IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, PRECISION)
     if HAS_SRC1:
         lo1 = tl.minimum(tl.maximum(lo - k0_len, 0), k1_len)
         hi1 = tl.minimum(tl.maximum(hi - k0_len, 0), k1_len)
-        m, l, acc = _attend(q, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1, row1_stride, page1_rows,
-                            page1_bytes, scale, D, BLOCK_K, BLOCK_D, IS_FP8, NOPE, ROPE, TILE, DATA_BYTES,
-                            SCALE_BYTES, PRECISION, DEQ)
+        m, l, acc = _attend(q, q_rest, c0, c_rest, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1,
+                            row1_stride, page1_rows, page1_bytes, scale, D, BLOCK_K, W, PARTS, IS_FP8, NOPE, ROPE,
+                            TILE, DATA_BYTES, SCALE_BYTES, PRECISION)
     if NUM_SPLITS == 1:
         sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0)
         mf = tl.maximum(m, sink)
         w = tl.exp(m - mf)
         o = acc * (w / (l * w + tl.exp(sink - mf)))[:, None]
-        tl.store(out_ptr + t * o_stride_t + heads[:, None] * o_stride_h + offs_d[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & (offs_d < D)[None, :])
+        tl.store(out_ptr + t * o_stride_t + heads[:, None] * o_stride_h + offs[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & (offs < D)[None, :])
     else:  # partial (normalized output, LSE) of this split; -inf LSE when it saw no valid index
         row = (t * NUM_SPLITS + split) * H + heads  # [BH] row of part_o [T*S*H, BLOCK_D]
         lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
         o = acc / tl.maximum(l, 1e-30)[:, None]
-        tl.store(part_o_ptr + row[:, None] * BLOCK_D + offs_d[None, :], o, mask=hmask[:, None])
-        tl.store(part_lse_ptr + row, lse, mask=hmask)
+        tl.store(part_o_ptr + row[:, None] * BLOCK_D + offs[None, :], o, mask=hmask[:, None])
+        tl.store(part_lse_ptr + row, lse, mask=hmask & (part == 0))
 
 
 @triton.jit
@@ -215,32 +234,37 @@ def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> in
 
 
 def launch_config(t: int, h: int, fp8: bool) -> dict:
-    """Default (block_h, block_k, num_warps) from H100 / H200 sweeps at V4-Flash shapes (64 heads, 512
-    latent, 640 rows per query; benchmarks/results/h200_sparse_attn_decode_sweep.json): all heads in one
-    program (each row read once) for fp8 pages and from 32 requests on; smaller head blocks (more
-    programs in flight) for plain rows at small batches."""
+    """Default (block_h, block_k, num_warps, num_stages, parts) from H100 / H200 sweeps at V4-Flash shapes
+    (64 heads, 512 latent, 640 rows per query; benchmarks/results/h200_sparse_attn_decode_sweep.json and
+    h200_sparse_attn_decode_parts.json): all heads in one program (each row read once) for fp8 pages and
+    from 32 requests on; output channels in 2 parts below 32 requests (B=1: fp8 26 -> 17 us, bf16 9.1 ->
+    7.9 us); fp8 pages unpipelined (num_stages 1: the dequantized tile already fills the registers,
+    B=128 180 -> 166 us); plain rows 64 at a time from 128 requests (B=128 79 -> 64 us)."""
     if fp8:
-        cfg = dict(block_h=64, block_k=64 if t >= 32 else 32, num_warps=8)
-    elif t >= 1024:
-        cfg = dict(block_h=64, block_k=64, num_warps=8)
+        cfg = dict(block_h=64, block_k=64, num_warps=8, num_stages=1, parts=1) if t >= 32 else \
+            dict(block_h=64, block_k=16, num_warps=8, num_stages=1, parts=2)
+    elif t >= 128:
+        cfg = dict(block_h=64, block_k=64, num_warps=8, num_stages=2, parts=1)
     elif t >= 32:
-        cfg = dict(block_h=64, block_k=32, num_warps=8)
+        cfg = dict(block_h=64, block_k=32, num_warps=8, num_stages=2, parts=1)
     else:
-        cfg = dict(block_h=16, block_k=64, num_warps=4)
+        cfg = dict(block_h=16, block_k=32, num_warps=4, num_stages=2, parts=2)
     cfg["block_h"] = min(cfg["block_h"], max(16, next_pow2(h)))
     return cfg
 
 
 def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]], sink: torch.Tensor,
                 scale: float, *, block_h: int | None = None, block_k: int | None = None,
-                num_warps: int | None = None, num_stages: int = 2, num_splits: int | None = None) -> torch.Tensor:
+                num_warps: int | None = None, num_stages: int | None = None, parts: int | None = None,
+                num_splits: int | None = None) -> torch.Tensor:
     """Triton launcher with sparse_attn_ref's contract, for at most two sources of one format.
 
     q `[T, H, D]` (bf16/fp16/fp32; D is the latent, 512 for V4) with unit stride on D; sources:
     plain rows `[N, D]` (tensor or PagedRows) or fp8_ds_mla PagedRows (`data` `[pages,
     page_bytes]` uint8), each with int indices `[T, K_i]`; sink `[H]` fp32. The dot runs in q's
     dtype (fp8 rows dequantize exactly into bf16; fp32 q uses full-precision fp32 dots, not tf32);
-    accumulation and softmax in fp32.
+    accumulation and softmax in fp32. Launch arguments left None take launch_config's defaults; 2
+    parts need half the padded latent to be a multiple of the scale tile (else 1 part runs).
     """
     assert q.dim() == 3 and q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
     assert 1 <= len(sources) <= 2, "the Triton kernel takes one or two sources (window + compressed)"
@@ -263,8 +287,12 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     block_d = next_pow2(d)
     cfg = launch_config(t, h, layout is not None)
     block_h, block_k, num_warps = block_h or cfg["block_h"], block_k or cfg["block_k"], num_warps or cfg["num_warps"]
+    num_stages, parts = num_stages or cfg["num_stages"], parts or cfg["parts"]
+    assert parts in (1, 2), f"parts must be 1 or 2, not {parts}"
+    if parts == 2 and (block_d // 2 < 16 or (layout is not None and (block_d // 2) % layout.tile)):
+        parts = 1  # a half must hold whole scale tiles and be a dot operand (>= 16 wide)
     total = sum(a.num_indices for a in args)
-    programs = t * triton.cdiv(h, block_h)
+    programs = t * triton.cdiv(h, block_h) * parts
     if num_splits is None:
         num_splits = pick_splits(programs, total, block_k,
                                  torch.cuda.get_device_properties(q.device).multi_processor_count
@@ -282,14 +310,13 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     fp8 = dict(NOPE=layout.nope, ROPE=layout.rope, TILE=layout.tile, DATA_BYTES=layout.data_bytes,
                SCALE_BYTES=layout.scale_bytes) if layout is not None else \
         dict(NOPE=d, ROPE=0, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
-    _sparse_attn_kernel[(t, triton.cdiv(h, block_h), num_splits)](
+    _sparse_attn_kernel[(t, triton.cdiv(h, block_h) * parts, num_splits)](
         q, out, sink, part_o, part_lse,
         *args[0].kernel_args, *a1.kernel_args,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
-        D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, NUM_SPLITS=num_splits, HAS_SRC1=len(args) == 2,
-        IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype),
-        DEQ=tl.bfloat16 if q.dtype == torch.bfloat16 else tl.float32, num_warps=num_warps,
-        num_stages=num_stages, **fp8)
+        D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, PARTS=parts, NUM_SPLITS=num_splits,
+        HAS_SRC1=len(args) == 2, IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype),
+        num_warps=num_warps, num_stages=num_stages, **fp8)
     if num_splits > 1:
         _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
                                      BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
