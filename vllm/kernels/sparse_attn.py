@@ -60,13 +60,14 @@ def sparse_attn_ref(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tenso
 
 @triton.jit
 def _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D: tl.constexpr, W: tl.constexpr,
-               IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
-               DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr, DTYPE: tl.constexpr):
+               IS_FP8: tl.constexpr, NOPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
+               SCALE_BYTES: tl.constexpr, DTYPE: tl.constexpr):
     """Channels [c0, c0 + W) of the rows at `slots` `[BK]` -> `[BK, W]` in the dot's DTYPE (zeros where
-    invalid or past D). fp8_ds_mla pages hold `page_rows` rows in `page_bytes` bytes (per source: groups
-    differ in rows per block); c0 and W are multiples of the scale tile. They dequantize in bf16 for bf16
-    dots (a power-of-two scale is exact there), else in fp32."""
-    if IS_FP8:  # [BK, tiles, TILE] so each tile's scale broadcasts; rope fills the channels after NoPE
+    invalid or past D). For fp8_ds_mla pages (`page_rows` rows in `page_bytes` bytes, per source: groups
+    differ in rows per block) only the NoPE channels, zeros from NOPE on (`_load_rope` reads the rest); c0
+    and W are multiples of the scale tile. They dequantize in bf16 for bf16 dots (a power-of-two scale is
+    exact there), else in fp32."""
+    if IS_FP8:  # [BK, tiles, TILE] so each tile's scale broadcasts
         deq = tl.bfloat16 if DTYPE == tl.bfloat16 else tl.float32
         page = (slots // page_rows).to(tl.int64)
         off = (slots % page_rows).to(tl.int64)
@@ -74,17 +75,13 @@ def _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D: 
         scales = page * page_bytes + page_rows * DATA_BYTES + off * SCALE_BYTES
         tiles = c0 // TILE + tl.arange(0, W // TILE)
         ch = tiles[:, None] * TILE + tl.arange(0, TILE)[None, :]  # [tiles, TILE] latent channel
-        is_nope = (ch < NOPE)[None, :, :]
-        is_rope = ((ch >= NOPE) & (ch < NOPE + ROPE))[None, :, :]
-        row = src_ptr + data[:, None, None] + ch[None, :, :]
-        ok = valid[:, None, None]
-        nope = tl.load(row, mask=ok & is_nope, other=0).to(tl.float8e4nv, bitcast=True).to(deq)
+        ok = valid[:, None, None] & (ch < NOPE)[None, :, :]
+        nope = tl.load(src_ptr + data[:, None, None] + ch[None, :, :], mask=ok, other=0)
+        nope = nope.to(tl.float8e4nv, bitcast=True).to(deq)
         sbyte = tl.load(src_ptr + scales[:, None] + tiles[None, :],
                         mask=valid[:, None] & (tiles < NOPE // TILE)[None, :], other=127)
         nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0).to(deq)[:, :, None]
-        rope_ptr = (row + (ch[None, :, :] - NOPE)).to(tl.pointer_type(tl.bfloat16))  # byte NOPE + 2*(c - NOPE)
-        rope = tl.load(rope_ptr, mask=ok & is_rope, other=0.0).to(deq)
-        return tl.reshape(tl.where(is_nope, nope, rope), [slots.shape[0], W]).to(DTYPE)
+        return tl.reshape(nope, [slots.shape[0], W]).to(DTYPE)
     else:
         offs = c0 + tl.arange(0, W)
         ptr = src_ptr + slots.to(tl.int64)[:, None] * row_stride + offs[None, :]
@@ -92,43 +89,66 @@ def _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D: 
 
 
 @triton.jit
-def _attend(q, q_rest, c0, c_rest, m, l, acc, src_ptr, idx_ptr, lo, hi, row_stride, page_rows, page_bytes, scale,
-            D: tl.constexpr, BLOCK_K: tl.constexpr, W: tl.constexpr, PARTS: tl.constexpr, IS_FP8: tl.constexpr,
-            NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
-            SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr):
-    """Online-softmax update of (m, l, acc) over indices [lo, hi) of one query's list at `idx_ptr`. This
-    program's output channels are [c0, c0 + W) (q's there); with 2 parts the scores also take the other
-    half (q_rest at c_rest), which this program reads but does not accumulate."""
+def _load_rope(rope_ptr, slots, valid, page_rows, page_bytes, NOPE: tl.constexpr, ROPE: tl.constexpr,
+               ROPE_W: tl.constexpr, DATA_BYTES: tl.constexpr, DTYPE: tl.constexpr):
+    """The bf16 RoPE channels of fp8_ds_mla rows -> `[BK, ROPE_W]` (zeros past ROPE or where invalid),
+    through a bf16 view of the pages (element = byte / 2; 16-byte aligned: asserted by the launcher)."""
+    page = (slots // page_rows).to(tl.int64)
+    off = (slots % page_rows).to(tl.int64)
+    start = tl.multiple_of((page * page_bytes + off * DATA_BYTES + NOPE) // 2, 8)  # [BK]
+    r = tl.arange(0, ROPE_W)
+    return tl.load(rope_ptr + start[:, None] + r[None, :], mask=valid[:, None] & (r < ROPE)[None, :],
+                   other=0.0).to(DTYPE)
+
+
+@triton.jit
+def _attend(q, q_rest, q_rope, c0, c_rest, m, l, acc, acc_rope, src_ptr, rope_ptr, idx_ptr, lo, hi, row_stride,
+            page_rows, page_bytes, scale, D: tl.constexpr, BLOCK_K: tl.constexpr, W: tl.constexpr,
+            PARTS: tl.constexpr, IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr,
+            ROPE_W: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr,
+            PRECISION: tl.constexpr):
+    """Online-softmax update of (m, l, acc, acc_rope) over indices [lo, hi) of one query's list at
+    `idx_ptr`. This program's output channels are [c0, c0 + W) (q's there); with 2 parts the scores also
+    take the other half (q_rest at c_rest), which this program reads but does not accumulate. fp8 rows
+    score and accumulate their RoPE channels separately (q_rope, acc_rope): the bf16 tail is read as its
+    own narrow tile instead of a masked full-width one."""
     for k0 in range(lo, hi, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         slots = tl.load(idx_ptr + kk, mask=kk < hi, other=-1)
         valid = slots >= 0
         kv = _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D, W, IS_FP8, NOPE,
-                        ROPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype)  # [BK, W]
+                        TILE, DATA_BYTES, SCALE_BYTES, q.dtype)  # [BK, W]
         s = tl.dot(q, tl.trans(kv), input_precision=PRECISION)  # [BH, BK] fp32
         if PARTS == 2:
             k_rest = _load_rows(src_ptr, slots, valid, c_rest, row_stride, page_rows, page_bytes, D, W, IS_FP8,
-                                NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype)
+                                NOPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype)
             s = tl.dot(q_rest, tl.trans(k_rest), s, input_precision=PRECISION)
+        if IS_FP8:
+            k_rope = _load_rope(rope_ptr, slots, valid, page_rows, page_bytes, NOPE, ROPE, ROPE_W, DATA_BYTES,
+                                q.dtype)  # [BK, ROPE_W]
+            s = tl.dot(q_rope, tl.trans(k_rope), s, input_precision=PRECISION)
         s = tl.where(valid[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         alpha = tl.exp(m - m_new)
         p = tl.exp(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(kv.dtype), kv, input_precision=PRECISION)
+        if IS_FP8:
+            acc_rope = acc_rope * alpha[:, None] + tl.dot(p.to(kv.dtype), k_rope, input_precision=PRECISION)
         m = m_new
-    return m, l, acc
+    return m, l, acc, acc_rope
 
 
 @triton.jit
 def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
-                        src0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride, page0_rows, page0_bytes,
-                        src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride, page1_rows, page1_bytes,
+                        src0_ptr, rope0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride, page0_rows, page0_bytes,
+                        src1_ptr, rope1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride, page1_rows, page1_bytes,
                         H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, scale,
                         D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                         PARTS: tl.constexpr, NUM_SPLITS: tl.constexpr, HAS_SRC1: tl.constexpr,
-                        IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, TILE: tl.constexpr,
-                        DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr, PRECISION: tl.constexpr):
+                        IS_FP8: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr, ROPE_W: tl.constexpr,
+                        TILE: tl.constexpr, DATA_BYTES: tl.constexpr, SCALE_BYTES: tl.constexpr,
+                        PRECISION: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     hb = tl.program_id(1) // PARTS
     part = tl.program_id(1) % PARTS
@@ -139,39 +159,54 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
     heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs = c0 + tl.arange(0, W)
     offs_rest = c_rest + tl.arange(0, W)
+    offs_rope = NOPE + tl.arange(0, ROPE_W)  # fp8 rows: the RoPE channels, scored and stored apart
     hmask = heads < H
     q_row = q_ptr + t * q_stride_t + heads[:, None] * q_stride_h
     q = tl.load(q_row + offs[None, :], mask=hmask[:, None] & (offs < D)[None, :], other=0.0)
     q_rest = q
     if PARTS == 2:
         q_rest = tl.load(q_row + offs_rest[None, :], mask=hmask[:, None] & (offs_rest < D)[None, :], other=0.0)
+    rope_mask = hmask[:, None] & (offs_rope < NOPE + ROPE)[None, :]
+    q_rope = tl.zeros([BLOCK_H, ROPE_W], q.dtype)
+    if IS_FP8:
+        q_rope = tl.load(q_row + offs_rope[None, :], mask=rope_mask, other=0.0)
     m = tl.full([BLOCK_H], -1e30, tl.float32)  # finite: exp(m - m_new) stays 0/1, never nan
     l = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, W], tl.float32)
+    acc_rope = tl.zeros([BLOCK_H, ROPE_W], tl.float32)
     # this split's part of the concatenated list [src0 indices | src1 indices]
     lo = split * split_len
     hi = lo + split_len
-    m, l, acc = _attend(q, q_rest, c0, c_rest, m, l, acc, src0_ptr, idx0_ptr + t * idx0_stride,
-                        tl.minimum(lo, k0_len), tl.minimum(hi, k0_len), row0_stride, page0_rows, page0_bytes, scale,
-                        D, BLOCK_K, W, PARTS, IS_FP8, NOPE, ROPE, TILE, DATA_BYTES, SCALE_BYTES, PRECISION)
+    m, l, acc, acc_rope = _attend(q, q_rest, q_rope, c0, c_rest, m, l, acc, acc_rope, src0_ptr, rope0_ptr,
+                                  idx0_ptr + t * idx0_stride, tl.minimum(lo, k0_len), tl.minimum(hi, k0_len),
+                                  row0_stride, page0_rows, page0_bytes, scale, D, BLOCK_K, W, PARTS, IS_FP8, NOPE,
+                                  ROPE, ROPE_W, TILE, DATA_BYTES, SCALE_BYTES, PRECISION)
     if HAS_SRC1:
         lo1 = tl.minimum(tl.maximum(lo - k0_len, 0), k1_len)
         hi1 = tl.minimum(tl.maximum(hi - k0_len, 0), k1_len)
-        m, l, acc = _attend(q, q_rest, c0, c_rest, m, l, acc, src1_ptr, idx1_ptr + t * idx1_stride, lo1, hi1,
-                            row1_stride, page1_rows, page1_bytes, scale, D, BLOCK_K, W, PARTS, IS_FP8, NOPE, ROPE,
-                            TILE, DATA_BYTES, SCALE_BYTES, PRECISION)
+        m, l, acc, acc_rope = _attend(q, q_rest, q_rope, c0, c_rest, m, l, acc, acc_rope, src1_ptr, rope1_ptr,
+                                      idx1_ptr + t * idx1_stride, lo1, hi1, row1_stride, page1_rows, page1_bytes,
+                                      scale, D, BLOCK_K, W, PARTS, IS_FP8, NOPE, ROPE, ROPE_W, TILE, DATA_BYTES,
+                                      SCALE_BYTES, PRECISION)
+    # acc holds channels [c0, c0 + W) below NOPE (plain rows: NOPE = D); the last part also stores the RoPE ones
+    main_mask = hmask[:, None] & (offs < NOPE)[None, :]
+    rope_mask = rope_mask & (part == PARTS - 1)
     if NUM_SPLITS == 1:
         sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0)
         mf = tl.maximum(m, sink)
         w = tl.exp(m - mf)
-        o = acc * (w / (l * w + tl.exp(sink - mf)))[:, None]
-        tl.store(out_ptr + t * o_stride_t + heads[:, None] * o_stride_h + offs[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=hmask[:, None] & (offs < D)[None, :])
+        norm = (w / (l * w + tl.exp(sink - mf)))[:, None]
+        o_row = out_ptr + t * o_stride_t + heads[:, None] * o_stride_h
+        tl.store(o_row + offs[None, :], (acc * norm).to(out_ptr.dtype.element_ty), mask=main_mask)
+        if IS_FP8:
+            tl.store(o_row + offs_rope[None, :], (acc_rope * norm).to(out_ptr.dtype.element_ty), mask=rope_mask)
     else:  # partial (normalized output, LSE) of this split; -inf LSE when it saw no valid index
         row = (t * NUM_SPLITS + split) * H + heads  # [BH] row of part_o [T*S*H, BLOCK_D]
         lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
-        o = acc / tl.maximum(l, 1e-30)[:, None]
-        tl.store(part_o_ptr + row[:, None] * BLOCK_D + offs[None, :], o, mask=hmask[:, None])
+        den = tl.maximum(l, 1e-30)[:, None]
+        tl.store(part_o_ptr + row[:, None] * BLOCK_D + offs[None, :], acc / den, mask=main_mask)
+        if IS_FP8:
+            tl.store(part_o_ptr + row[:, None] * BLOCK_D + offs_rope[None, :], acc_rope / den, mask=rope_mask)
         tl.store(part_lse_ptr + row, lse, mask=hmask & (part == 0))
 
 
@@ -198,6 +233,7 @@ class _Source(NamedTuple):
     """One source as the kernel takes it (field order = the kernel's per-source arguments)."""
 
     storage: torch.Tensor
+    rope_view: torch.Tensor  # fp8_ds_mla: the pages as bf16 (the RoPE tails are read through it); else storage
     indices: torch.Tensor
     num_indices: int
     index_stride: int
@@ -208,7 +244,7 @@ class _Source(NamedTuple):
 
     @property
     def kernel_args(self) -> tuple:
-        return tuple(self[:7])
+        return tuple(self[:8])
 
 
 def _source(src, idx: torch.Tensor) -> _Source:
@@ -216,11 +252,12 @@ def _source(src, idx: torch.Tensor) -> _Source:
     idx = idx if idx.dtype in (torch.int32, torch.int64) else idx.long()
     if isinstance(src, torch.Tensor):
         assert src.dim() == 2 and src.stride(1) == 1, "plain KV rows must be [N, D] with unit stride"
-        return _Source(src, idx, idx.shape[1], idx.stride(0), src.stride(0), 1, 1, None)
+        return _Source(src, src, idx, idx.shape[1], idx.stride(0), src.stride(0), 1, 1, None)
     if src.layout is None:
         return _source(src.data, idx)
     lay = src.layout
-    return _Source(src.data, idx, idx.shape[1], idx.stride(0), 0, lay.block_size, lay.page_bytes, lay)
+    return _Source(src.data, src.data.view(torch.bfloat16), idx, idx.shape[1], idx.stride(0), 0, lay.block_size,
+                   lay.page_bytes, lay)
 
 
 def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> int:
@@ -233,22 +270,25 @@ def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> in
     return max(1, min(num_sms // num_programs, total // (2 * block_k), 32))
 
 
+# Launch defaults per row format: (fewest query tokens, config), the first row that t reaches wins. From
+# H200 sweeps at V4-Flash shapes (64 heads, 512 latent, 640 rows per query; benchmarks/results/
+# h200_sparse_attn_decode_parts.json, h200_sparse_attn_decode_rope_split.json): all heads in one program
+# (each row read once) from 32 requests on; output channels in 2 parts at small batches (more programs in
+# flight where SMs would idle); 64 rows at a time where a request's list is long against the batch.
+_LAUNCH_CONFIGS = {
+    "fp8_ds_mla": ((32, dict(block_h=64, block_k=64, num_warps=8, num_stages=2, parts=1)),
+                   (8, dict(block_h=64, block_k=32, num_warps=8, num_stages=1, parts=2)),
+                   (0, dict(block_h=32, block_k=16, num_warps=8, num_stages=1, parts=2))),
+    "bf16": ((128, dict(block_h=64, block_k=64, num_warps=8, num_stages=2, parts=1)),
+             (32, dict(block_h=64, block_k=32, num_warps=8, num_stages=2, parts=1)),
+             (8, dict(block_h=16, block_k=32, num_warps=4, num_stages=2, parts=1)),
+             (0, dict(block_h=16, block_k=32, num_warps=4, num_stages=2, parts=2))),
+}
+
+
 def launch_config(t: int, h: int, fp8: bool) -> dict:
-    """Default (block_h, block_k, num_warps, num_stages, parts) from H100 / H200 sweeps at V4-Flash shapes
-    (64 heads, 512 latent, 640 rows per query; benchmarks/results/h200_sparse_attn_decode_sweep.json and
-    h200_sparse_attn_decode_parts.json): all heads in one program (each row read once) for fp8 pages and
-    from 32 requests on; output channels in 2 parts below 32 requests (B=1: fp8 26 -> 17 us, bf16 9.1 ->
-    7.9 us); fp8 pages unpipelined (num_stages 1: the dequantized tile already fills the registers,
-    B=128 180 -> 166 us); plain rows 64 at a time from 128 requests (B=128 79 -> 64 us)."""
-    if fp8:
-        cfg = dict(block_h=64, block_k=64, num_warps=8, num_stages=1, parts=1) if t >= 32 else \
-            dict(block_h=64, block_k=16, num_warps=8, num_stages=1, parts=2)
-    elif t >= 128:
-        cfg = dict(block_h=64, block_k=64, num_warps=8, num_stages=2, parts=1)
-    elif t >= 32:
-        cfg = dict(block_h=64, block_k=32, num_warps=8, num_stages=2, parts=1)
-    else:
-        cfg = dict(block_h=16, block_k=32, num_warps=4, num_stages=2, parts=2)
+    """Default (block_h, block_k, num_warps, num_stages, parts) for t query tokens of h heads."""
+    cfg = dict(next(c for min_t, c in _LAUNCH_CONFIGS["fp8_ds_mla" if fp8 else "bf16"] if t >= min_t))
     cfg["block_h"] = min(cfg["block_h"], max(16, next_pow2(h)))
     return cfg
 
@@ -281,6 +321,7 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         assert layout.nope + layout.rope == d, f"fp8_ds_mla rows hold {layout.nope + layout.rope} channels, q has {d}"
         assert next_pow2(layout.num_tiles) * layout.tile == next_pow2(d), "scale tiles must tile the padded latent"
         assert layout.data_bytes % 16 == 0 and layout.nope % 16 == 0, "fp8_ds_mla rows must be 16-byte aligned"
+        assert layout.rope > 0, "fp8_ds_mla latent rows carry bf16 RoPE channels after the NoPE bytes"
     else:
         assert all(x is None for x in layouts) and all(a.storage.shape[1] == d for a in args), \
             "all sources must be plain rows as wide as q"
@@ -307,9 +348,9 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         part_o = part_lse = out  # unused
     # a missing second source repeats the first with no indices (HAS_SRC1 skips it)
     a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
-    fp8 = dict(NOPE=layout.nope, ROPE=layout.rope, TILE=layout.tile, DATA_BYTES=layout.data_bytes,
-               SCALE_BYTES=layout.scale_bytes) if layout is not None else \
-        dict(NOPE=d, ROPE=0, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
+    fp8 = dict(NOPE=layout.nope, ROPE=layout.rope, ROPE_W=max(16, next_pow2(layout.rope)), TILE=layout.tile,
+               DATA_BYTES=layout.data_bytes, SCALE_BYTES=layout.scale_bytes) if layout is not None else \
+        dict(NOPE=d, ROPE=0, ROPE_W=16, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
     _sparse_attn_kernel[(t, triton.cdiv(h, block_h) * parts, num_splits)](
         q, out, sink, part_o, part_lse,
         *args[0].kernel_args, *a1.kernel_args,
