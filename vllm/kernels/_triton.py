@@ -46,6 +46,14 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def max_shared_memory(device: torch.device) -> int:
+    """Shared memory one program may use on `device` (bytes; opt-in maximum). SM12x GPUs have ~100 KB where
+    Hopper has 227 KB, so pipelining depths are sized from this. The CPU interpreter has no limit."""
+    if device.type != "cuda":
+        return 1 << 30
+    return triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+
+
 def dot_precision(dtype) -> str:
     """`tl.dot` input precision: fp32 operands get true fp32 (an fp32 model must not silently run tf32)."""
     return "ieee" if dtype == torch.float32 else "tf32"

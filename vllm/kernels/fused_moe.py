@@ -18,9 +18,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vllm.kernels._triton import dot_precision, next_pow2, tl, triton
+from vllm.kernels._triton import dot_precision, max_shared_memory, next_pow2, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
-from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, QuantWeight, _accumulate, compute_dtype,
+from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, MXFP4, QuantWeight, _accumulate, compute_dtype,
                                      linear_ref, mxfp4_scaled_dot)
 
 
@@ -209,13 +209,29 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
         tl.store(out_ptr + pairs[:, None] * stride_om + n[None, :], res.to(out_t), mask=row_ok[:, None] & n_ok[None, :])
 
 
-def _moe_config(pairs: int, experts: int, fp32: bool) -> tuple[int, int, int, int, int]:
+SMEM_MARGIN = 32 << 10  # what Triton adds to the pipelined tiles (H200, bf16 3-stage prefill config: 240 KB, 216 tiles)
+
+
+def _moe_config(pairs: int, experts: int, fp32: bool, a_bytes: float, w_bytes: float,
+                smem: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BN, BK, warps, stages): few rows per expert at decode -> 16-row blocks streaming
     weights with narrow N tiles; many -> 64-row blocks (H200 sweep, MXFP4 routed + FP8 shared:
     neither 256-wide K tiles nor 1-row blocks on the CUDA cores did better). fp32 operands (two
-    accumulations for gate/up) take half the K tile and two stages to fit shared memory."""
-    cfg = (16, 64, 128, 4, 4) if pairs <= 4 * experts else (64, 128, 64, 8, 3)
-    return (cfg[0], cfg[1], cfg[2] // 2, cfg[3], 2) if fp32 else cfg
+    accumulations for gate/up) take half the K tile and two stages. Stages then drop until a stage's
+    tiles (A, and gate and up of the routed and the shared weights, at `a_bytes` / `w_bytes` an
+    element as stored) fit `smem`: bf16 weights at 3 stages overflow Hopper, most configs SM12x."""
+    bm, bn, bk, warps, stages = (16, 64, 128, 4, 4) if pairs <= 4 * experts else (64, 128, 64, 8, 3)
+    if fp32:
+        bk, stages = bk // 2, 2
+    stage_bytes = bm * bk * a_bytes + 4 * bn * bk * w_bytes
+    while stages > 1 and stages * stage_bytes + SMEM_MARGIN > smem:
+        stages -= 1
+    return bm, bn, bk, warps, stages
+
+
+def _stored_bytes(w: QuantWeight) -> float:
+    """Bytes a weight element takes as stored (MXFP4 packs two in a byte)."""
+    return w.weight.element_size() / (2 if w.fmt == MXFP4 else 1)
 
 
 def _scales(q: QuantWeight) -> tuple[torch.Tensor, int, int, int]:
@@ -274,11 +290,13 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         ids = torch.cat([ids, torch.full((t, 1), num_experts, dtype=ids.dtype, device=x.device)], 1)
         weights = torch.cat([weights, torch.ones(t, 1, dtype=torch.float32, device=x.device)], 1)
     slots = ids.shape[1]
-    cfg = _moe_config(t * slots, num_experts + (shared is not None), compute_dtype(x, routed.w1) == tl.float32)
+    act_fp8 = routed.w1.act_fp8
+    cfg = _moe_config(t * slots, num_experts + (shared is not None), compute_dtype(x, routed.w1) == tl.float32,
+                      1 if act_fp8 else x.element_size(), max(_stored_bytes(w) for w in routed + (shared or ())),
+                      max_shared_memory(x.device))
     bm = cfg[0]
     align = moe_align(ids, num_experts + (shared is not None), bm)
     route = weights.contiguous().view(-1)
-    act_fp8 = routed.w1.act_fp8
     a, a_s = act_quant_fp8(x, ACT_BLOCK) if act_fp8 else (x, x.new_empty(1, 1, dtype=torch.float32))
     inter = routed.w1.out_features
     h = torch.empty(t * slots, inter, dtype=x.dtype, device=x.device)
