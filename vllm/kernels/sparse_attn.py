@@ -11,7 +11,8 @@ fp8_ds_mla pages dequantized in-kernel; with several splits a second kernel merg
 (output, LSE) pairs and adds the sink once. With 2 parts, two programs share a head block: each
 scores over all channels but accumulates only its half, halving the [heads, 512] fp32
 accumulator that otherwise fills an SM's registers (more programs in flight where a small batch
-leaves SMs idle).
+leaves SMs idle). fp8_ds_mla rows are dequantized NoPE tiles plus their bf16 RoPE channels as a
+separate `[BK, 64]` tile and accumulator (a masked full-width tile cost registers for 512 channels).
 """
 
 from __future__ import annotations
