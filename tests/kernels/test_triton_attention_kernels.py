@@ -14,6 +14,7 @@ from vllm.core.kv_cache.paged_rows import PagedRows  # noqa: E402
 from vllm.core.kv_cache.specs import LayerTensorSpec  # noqa: E402
 from vllm.kernels import compress_pool as cp  # noqa: E402
 from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa  # noqa: E402
+from vllm.kernels._triton import OutOfResources, launch_first_fitting  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,6 +74,50 @@ def test_sparse_attn_matches_reference(case, splits, parts, fp8):
     assert_close(out, ref, 1e-5, case)  # tf32 dots on a GPU
     if invalid == 1.0:
         assert out.abs().max() == 0  # the sink takes all the mass
+
+
+class _FitsOnlySmallTiles:
+    """Stands in for the attention kernel on a GPU with little shared memory: launches whose row tile
+    is wider than 16 or that pipeline raise Triton's OutOfResources, as on an SM12x part."""
+
+    def __init__(self, kernel):
+        self.kernel, self.tried = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            self.tried.append((kw["BLOCK_K"], kw["num_stages"]))
+            if kw["BLOCK_K"] > 16 or kw["num_stages"] > 1:
+                raise OutOfResources(kw["BLOCK_K"] * 4096, 101376, "shared memory")
+            return self.kernel[grid](*args, **kw)
+        return launch
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16-rows", "fp8_ds_mla"])
+def test_sparse_attn_falls_back_to_a_configuration_that_fits(monkeypatch, fp8):
+    t, h, d, n = 3, 16, 64, 50
+    layout = TINY_FP8 if fp8 else None
+    swa, _ = _rows(n, d, layout, seed=5)
+    sources = [(swa, _indices(t, 24, n, 0.2, 6))]
+    q = torch.randn(t, h, d, device=DEV)
+    sink = torch.randn(h, device=DEV)
+    fake = _FitsOnlySmallTiles(sa._sparse_attn_kernel)
+    monkeypatch.setattr(sa, "_sparse_attn_kernel", fake)
+    out = sa.sparse_attn(q, sources, sink, d**-0.5, block_k=64, num_stages=2)
+    assert fake.tried == [(64, 2), (64, 1), (32, 1), (16, 1)]
+    assert_close(out, sa.sparse_attn_ref(q, sources, sink, d**-0.5), 1e-5, "fallback")
+
+
+def test_launch_first_fitting_names_what_it_tried():
+    def never_fits(cfg):
+        raise OutOfResources(300000, 101376, "shared memory")
+    with pytest.raises(RuntimeError, match="no launch configuration fits this GPU.*num_stages"):
+        launch_first_fitting(never_fits, [dict(num_stages=2), dict(num_stages=1)])
+
+
+def test_smaller_configs_shrink_to_the_smallest_dot_tiles():
+    cfgs = sa.smaller_configs(dict(block_h=64, block_k=64, num_warps=8, num_stages=2, parts=1))
+    assert cfgs[0]["num_stages"] == 2 and all(c["num_stages"] == 1 for c in cfgs[1:])
+    assert [(c["block_k"], c["block_h"]) for c in cfgs[1:]] == [(64, 64), (32, 64), (16, 64), (16, 32), (16, 16)]
 
 
 def test_sparse_attn_several_queries_per_request_share_rows():

@@ -8,16 +8,22 @@ itself unsupported in that case, so the selector never picks it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 
 try:
     import triton
     import triton.language as tl
+    from triton.runtime.errors import OutOfResources
 
     HAS_TRITON = True
 except ImportError:  # pragma: no cover - exercised on installs without triton
     HAS_TRITON = False
+
+    class OutOfResources(Exception):
+        """Triton's error for a kernel too large for the GPU (never raised without Triton)."""
 
     class _Missing:
         """Stands in for `triton` / `tl` so kernel definitions (decorators, annotations) still evaluate."""
@@ -52,6 +58,24 @@ def max_shared_memory(device: torch.device) -> int:
     if device.type != "cuda":
         return 1 << 30
     return triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+
+
+R = TypeVar("R")
+
+
+def launch_first_fitting(launch: Callable[[dict], R], configs: Sequence[dict]) -> R:
+    """`launch(cfg)` with the first of `configs` whose kernel fits the GPU. Triton raises
+    OutOfResources before running a kernel that needs more shared memory or registers than the
+    device has, and keeps that verdict with the compiled kernel, so a retry costs no compile. The
+    defaults are tuned on Hopper; SM12x GPUs have under half its shared memory per program, so each
+    launcher lists ever smaller configurations after its default."""
+    assert configs, "no launch configuration to try"
+    for cfg in configs:
+        try:
+            return launch(cfg)
+        except OutOfResources as err:
+            last = err
+    raise RuntimeError(f"no launch configuration fits this GPU ({last}); tried {list(configs)}") from last
 
 
 def dot_precision(dtype) -> str:

@@ -13,12 +13,13 @@ the activation dtype before the SwiGLU, h weighted before w2, routed sum in fp32
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from vllm.kernels._triton import dot_precision, max_shared_memory, next_pow2, tl, triton
+from vllm.kernels._triton import dot_precision, launch_first_fitting, max_shared_memory, next_pow2, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
 from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, MXFP4, QuantWeight, _accumulate, compute_dtype,
                                      linear_ref, mxfp4_scaled_dot)
@@ -255,7 +256,7 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
         bk = min(bk, blk[1])  # an FP8 K tile stays inside one scale block
     grid = (align.block_expert.numel(), triton.cdiv(n, bn))
     cdt = compute_dtype(a, r1)
-    _moe_gemm_kernel[grid](
+    launch = functools.partial(_moe_gemm_kernel[grid],
         a, a_s, r1.weight, ws1, r3.weight, _scales(r3)[0], s1.weight, ss1, s3.weight, _scales(s3)[0], out,
         align.sorted_pairs, align.block_expert, route, n, k, slots, r1.weight.shape[0], limit, a.stride(0),
         a_s.stride(0), r1.weight.stride(0), r1.weight.stride(1), wse, wsn, wsk, s1.weight.stride(0), ssn, ssk,
@@ -263,7 +264,9 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
         S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk, WBLOCK_N=blk[0], WBLOCK_K=blk[1],
         COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
         SCALED_DOT=mxfp4_scaled_dot(a, r1), S_SCALED_DOT=mxfp4_scaled_dot(a, s1), EVEN_K=k % bk == 0,
-        num_warps=warps, num_stages=stages)
+        num_warps=warps)
+    # the stage count is sized from an estimate of the kernel's shared memory; fewer where it misses
+    launch_first_fitting(lambda cfg: launch(**cfg), [dict(num_stages=st) for st in range(stages, 0, -1)])
 
 
 def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None) -> None:

@@ -11,11 +11,12 @@ dot (the tile never straddles a 128 block); MXFP4 scales are folded into the dec
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
 
-from vllm.kernels._triton import dot_precision, interpreting, tl, triton
+from vllm.kernels._triton import dot_precision, interpreting, launch_first_fitting, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
 from vllm.kernels.quant_codec import e2m1_scaled
 from vllm.model_executor.layers.quantization.formats import dequant_fp8_block, dequant_mxfp4, quant_dequant_fp8_act
@@ -297,14 +298,16 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
     target = out if splits == 1 else torch.empty(splits, m, groups, n, dtype=torch.float32, device=x.device)
     ws = w.scale if w.scale is not None else w.weight
     wsn, wsk = (ws.stride(-2), ws.stride(-1)) if w.scale is not None else (0, 0)
-    _linear_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), groups * splits)](
+    launch = functools.partial(_linear_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), groups * splits)],
         a, a_s, w.weight, ws, target, m, n, k, k_split, a.stride(0), a.stride(1), a_s.stride(0), a_s.stride(1),
         w.weight.stride(0), n * w.weight.stride(0), wsn, wsk, target.stride(0) if splits > 1 else 0,
         target.stride(-3), target.stride(-2), SPLITS=splits, W_FMT=_FMT_CODE[w.fmt], A_FP8=w.act_fp8, BM=bm,
         BN=bn, BK=bk, WBLOCK_N=w.block[0], WBLOCK_K=w.block[1], COMPUTE=cdt,
         PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
-        FP8_DOT=fp8_tensor_cores(x, w), SCALED_DOT=mxfp4_scaled_dot(x, w), EVEN_K=k % bk == 0, num_warps=warps,
-        num_stages=stages)
+        FP8_DOT=fp8_tensor_cores(x, w), SCALED_DOT=mxfp4_scaled_dot(x, w), EVEN_K=k % bk == 0,
+        num_warps=warps)
+    # fewer pipeline stages where the GPU's shared memory (SM12x: ~100 KB a program) does not fit them
+    launch_first_fitting(lambda cfg: launch(**cfg), [dict(num_stages=st) for st in range(stages, 0, -1)])
     if splits > 1:
         out = target.sum(0).to(x.dtype)
     return out.view(m, n_total) if groups == 1 else out

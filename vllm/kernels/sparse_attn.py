@@ -17,11 +17,12 @@ separate `[BK, 64]` tile and accumulator (a masked full-width tile cost register
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import torch
 
-from vllm.kernels._triton import dot_precision, next_pow2, tl, triton
+from vllm.kernels._triton import dot_precision, launch_first_fitting, next_pow2, tl, triton
 
 QUERY_CHUNK = 256  # bounds the [chunk, K, D] gather of the reference
 
@@ -305,7 +306,8 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     page_bytes]` uint8), each with int indices `[T, K_i]`; sink `[H]` fp32. The dot runs in q's
     dtype (fp8 rows dequantize exactly into bf16; fp32 q uses full-precision fp32 dots, not tf32);
     accumulation and softmax in fp32. Launch arguments left None take launch_config's defaults; 2
-    parts need half the padded latent to be a multiple of the scale tile (else 1 part runs).
+    parts need half the padded latent to be a multiple of the scale tile (else 1 part runs). A GPU
+    that cannot fit the configuration gets the next of `smaller_configs` that fits.
     """
     assert q.dim() == 3 and q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
     assert 1 <= len(sources) <= 2, "the Triton kernel takes one or two sources (window + compressed)"
@@ -326,11 +328,35 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     else:
         assert all(x is None for x in layouts) and all(a.storage.shape[1] == d for a in args), \
             "all sources must be plain rows as wide as q"
-    block_d = next_pow2(d)
     cfg = launch_config(t, h, layout is not None)
-    block_h, block_k, num_warps = block_h or cfg["block_h"], block_k or cfg["block_k"], num_warps or cfg["num_warps"]
-    num_stages, parts = num_stages or cfg["num_stages"], parts or cfg["parts"]
-    assert parts in (1, 2), f"parts must be 1 or 2, not {parts}"
+    given = dict(block_h=block_h, block_k=block_k, num_warps=num_warps, num_stages=num_stages, parts=parts)
+    cfg.update({k: v for k, v in given.items() if v is not None})
+    assert cfg["parts"] in (1, 2), f"parts must be 1 or 2, not {cfg['parts']}"
+    launch = functools.partial(_launch, q, out, args, sink, scale, layout, num_splits)
+    launch_first_fitting(launch, smaller_configs(cfg))
+    return out
+
+
+def smaller_configs(cfg: dict) -> list[dict]:
+    """cfg, then ever smaller shared-memory footprints for GPUs that do not fit it: one pipeline stage,
+    then half the rows per step (down to 16), then half the heads per program (down to 16)."""
+    out = [cfg]
+    c = dict(cfg, num_stages=1)
+    while True:
+        if c not in out:
+            out.append(c)
+        if c["block_k"] > 16:
+            c = dict(c, block_k=c["block_k"] // 2)
+        elif c["block_h"] > 16:
+            c = dict(c, block_h=c["block_h"] // 2)
+        else:
+            return out
+
+
+def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:
+    t, h, d = q.shape
+    block_d = next_pow2(d)
+    block_h, block_k, parts = cfg["block_h"], cfg["block_k"], cfg["parts"]
     if parts == 2 and (block_d // 2 < 16 or (layout is not None and (block_d // 2) % layout.tile)):
         parts = 1  # a half must hold whole scale tiles and be a dot operand (>= 16 wide)
     total = sum(a.num_indices for a in args)
@@ -358,9 +384,8 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
         D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, PARTS=parts, NUM_SPLITS=num_splits,
         HAS_SRC1=len(args) == 2, IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages, **fp8)
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **fp8)
     if num_splits > 1:
         _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
                                      BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
                                      num_warps=4)
-    return out
