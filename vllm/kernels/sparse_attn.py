@@ -135,7 +135,7 @@ def _attend(q, q_rest, q_rope, c0, c_rest, m, l, acc, acc_rope, src_ptr, rope_pt
         p = tl.exp(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(kv.dtype), kv, input_precision=PRECISION)
-        if IS_FP8:
+        if IS_FP8:  # every part keeps it (one [BH, BK] x [BK, 64] dot), the last one stores it
             acc_rope = acc_rope * alpha[:, None] + tl.dot(p.to(kv.dtype), k_rope, input_precision=PRECISION)
         m = m_new
     return m, l, acc, acc_rope
