@@ -57,7 +57,8 @@ def max_shared_memory(device: torch.device) -> int:
     Hopper has 227 KB, so pipelining depths are sized from this. The CPU interpreter has no limit."""
     if device.type != "cuda":
         return 1 << 30
-    return triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
 R = TypeVar("R")
