@@ -103,7 +103,7 @@ def test_sparse_attn_falls_back_to_a_configuration_that_fits(monkeypatch, fp8):
     fake = _FitsOnlySmallTiles(sa._sparse_attn_kernel)
     monkeypatch.setattr(sa, "_sparse_attn_kernel", fake)
     out = sa.sparse_attn(q, sources, sink, d**-0.5, block_k=64, num_stages=2)
-    assert fake.tried == [(64, 2), (64, 1), (32, 1), (16, 1)]
+    assert fake.tried == [(64, 2), (32, 2), (16, 2), (64, 1), (32, 1), (16, 1)]
     assert_close(out, sa.sparse_attn_ref(q, sources, sink, d**-0.5), 1e-5, "fallback")
 
 
@@ -116,8 +116,9 @@ def test_launch_first_fitting_names_what_it_tried():
 
 def test_smaller_configs_shrink_to_the_smallest_dot_tiles():
     cfgs = sa.smaller_configs(dict(block_h=64, block_k=64, num_warps=8, num_stages=2, parts=1))
-    assert cfgs[0]["num_stages"] == 2 and all(c["num_stages"] == 1 for c in cfgs[1:])
-    assert [(c["block_k"], c["block_h"]) for c in cfgs[1:]] == [(64, 64), (32, 64), (16, 64), (16, 32), (16, 16)]
+    tiles = [(64, 64), (32, 64), (16, 64), (16, 32), (16, 16)]  # (rows, heads) per step
+    assert [(c["block_k"], c["block_h"], c["num_stages"]) for c in cfgs] == \
+        [(k, h, 2) for k, h in tiles] + [(k, h, 1) for k, h in tiles]
 
 
 def test_sparse_attn_several_queries_per_request_share_rows():

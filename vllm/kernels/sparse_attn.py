@@ -338,19 +338,24 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
 
 
 def smaller_configs(cfg: dict) -> list[dict]:
-    """cfg, then ever smaller shared-memory footprints for GPUs that do not fit it: one pipeline stage,
-    then half the rows per step (down to 16), then half the heads per program (down to 16)."""
-    out = [cfg]
-    c = dict(cfg, num_stages=1)
-    while True:
-        if c not in out:
-            out.append(c)
-        if c["block_k"] > 16:
-            c = dict(c, block_k=c["block_k"] // 2)
-        elif c["block_h"] > 16:
-            c = dict(c, block_h=c["block_h"] // 2)
-        else:
-            return out
+    """cfg, then ever smaller shared-memory footprints for GPUs that do not fit it: half the rows per
+    step (down to 16), then half the heads per program (down to 16); one pipeline stage only after
+    all of those, because without cp.async pipelining the rows pass through registers and a layout
+    conversion that needs more shared memory, not less (compile-only reports for SM120:
+    tools/sparse_attn_resources.py)."""
+    out = []
+    for stages in dict.fromkeys((cfg["num_stages"], 1)):
+        c = dict(cfg, num_stages=stages)
+        while True:
+            if c not in out:
+                out.append(c)
+            if c["block_k"] > 16:
+                c = dict(c, block_k=c["block_k"] // 2)
+            elif c["block_h"] > 16:
+                c = dict(c, block_h=c["block_h"] // 2)
+            else:
+                break
+    return out
 
 
 def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:

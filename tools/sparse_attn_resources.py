@@ -1,0 +1,86 @@
+"""Compile the sparse attention kernel for a GPU architecture on this machine (no GPU needed) and print
+the compiler's resource report per launch configuration: registers, stack (spilled bytes per thread),
+shared memory. Triton's wheel carries ptxas and cuobjdump, so register pressure can be studied
+between device sessions; times still need the GPU.
+
+    python tools/sparse_attn_resources.py                       # V4 shapes, the launch defaults
+    python tools/sparse_attn_resources.py --arch 120 --configs '[{"fp8": true, "block_k": 32}]'
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from vllm.kernels import sparse_attn as sa
+
+V4 = dict(heads=64, latent=512, nope=448, rope=64, tile=64, data_bytes=576, scale_bytes=8)
+
+
+def constexprs(fp8: bool, cfg: dict) -> dict:
+    return dict(D=V4["latent"], BLOCK_H=cfg["block_h"], BLOCK_K=cfg["block_k"], BLOCK_D=V4["latent"],
+                PARTS=cfg["parts"], NUM_SPLITS=1, HAS_SRC1=True, IS_FP8=fp8,
+                NOPE=V4["nope"] if fp8 else V4["latent"], ROPE=V4["rope"] if fp8 else 0,
+                ROPE_W=V4["rope"] if fp8 else 16, TILE=V4["tile"] if fp8 else 1,
+                DATA_BYTES=V4["data_bytes"] if fp8 else 1, SCALE_BYTES=V4["scale_bytes"] if fp8 else 1,
+                PRECISION="tf32")
+
+
+def arg_type(name: str, fp8: bool) -> str:
+    """Kernel argument types as a bf16 model's decode step passes them (int64 index lists)."""
+    if not name.endswith("_ptr"):
+        return "fp32" if name == "scale" else "i32"
+    if name.startswith("src"):
+        return "*u8" if fp8 else "*bf16"
+    if name.startswith("idx"):
+        return "*i64"
+    return "*fp32" if name in ("sink_ptr", "part_o_ptr", "part_lse_ptr") else "*bf16"
+
+
+def resources(fp8: bool, cfg: dict, arch: int) -> dict:
+    names = list(inspect.signature(sa._sparse_attn_kernel.fn).parameters)
+    cons = constexprs(fp8, cfg)
+    sig = {n: "constexpr" if n in cons else arg_type(n, fp8) for n in names}
+    # every runtime integer and pointer of a real launch is a multiple of 16 (strides, lengths, page sizes)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in cons and n != "scale"}
+    src = ASTSource(fn=sa._sparse_attn_kernel, signature=sig, attrs=attrs,
+                    constexprs={(names.index(k),): v for k, v in cons.items()})
+    k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                       options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(k.asm["cubin"])
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        report = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True,
+                                check=True).stdout
+    fields = dict(f.split(":") for f in next(line for line in report.splitlines() if "REG:" in line).split()
+                  if ":" in f)
+    return {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]), "shared_bytes": k.metadata.shared}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", type=int, default=90, help="compute capability as one number (90 = Hopper)")
+    ap.add_argument("--configs", default=None,
+                    help="JSON list of {fp8, batch, ...launch overrides}; default: the launch defaults")
+    a = ap.parse_args()
+    os.environ.pop("TRITON_INTERPRET", None)
+    wanted = json.loads(a.configs) if a.configs else [dict(fp8=f, batch=b) for f in (True, False) for b in (1, 8, 32, 128)]
+    for w in wanted:
+        w = dict(w)
+        fp8, batch = w.pop("fp8"), w.pop("batch", 128)
+        cfg = {**sa.launch_config(batch, V4["heads"], fp8), **w}
+        print(json.dumps({"fp8": fp8, "batch": batch, **cfg, **resources(fp8, cfg, a.arch)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
