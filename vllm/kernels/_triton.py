@@ -7,6 +7,7 @@ itself unsupported in that case, so the selector never picks it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -57,7 +58,11 @@ def max_shared_memory(device: torch.device) -> int:
     Hopper has 227 KB, so pipelining depths are sized from this. The CPU interpreter has no limit."""
     if device.type != "cuda":
         return 1 << 30
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_max_shared_memory(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_max_shared_memory(index: int) -> int:  # a driver query: once per device, not per launch
     return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
 
 
