@@ -169,6 +169,23 @@ def test_fused_moe_corner_cases():
     assert empty.shape == (0, d)
 
 
+HOPPER_SMEM, SM120_SMEM = 232448, 101376  # opt-in shared memory a program may use
+
+
+@pytest.mark.parametrize("pairs", [6, 60000], ids=["decode", "prefill"])
+@pytest.mark.parametrize("a_bytes,w_bytes,hopper_stages", [(1, 1, None), (2, 2, 2), (4, 4, 2)],
+                         ids=["fp8-act-fp8-weights", "bf16", "fp32"])
+def test_moe_pipelining_depth_fits_the_device(pairs, a_bytes, w_bytes, hopper_stages):
+    """Quantized V4 experts keep the tuned stages on Hopper; bf16 weights at 3 stages overflowed it
+    (240 KB on an H200); every config's tiles fit a 99 KB SM12x program or run one stage."""
+    fp32 = a_bytes == 4
+    tuned = fm._moe_config(pairs, 257, fp32, a_bytes, w_bytes, 1 << 30)
+    hopper = fm._moe_config(pairs, 257, fp32, a_bytes, w_bytes, HOPPER_SMEM)
+    assert hopper[:4] == tuned[:4] and hopper[4] == (hopper_stages or tuned[4])
+    bm, bn, bk, _, stages = fm._moe_config(pairs, 257, fp32, a_bytes, w_bytes, SM120_SMEM)
+    assert stages == 1 or stages * (bm * bk * a_bytes + 4 * bn * bk * w_bytes) + fm.SMEM_MARGIN <= SM120_SMEM
+
+
 def test_fused_and_unfused_shared_expert_agree():
     """The fused shared expert (extra expert id) equals running it as its own linears."""
     t, e, k, d, i = 11, 6, 2, 64, 96
