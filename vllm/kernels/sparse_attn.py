@@ -61,43 +61,52 @@ def sparse_attn_ref(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tenso
 # Triton
 
 @triton.jit
-def _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D: tl.constexpr, W: tl.constexpr,
-               IS_FP8: tl.constexpr, NOPE: tl.constexpr, TILE: tl.constexpr, DATA_BYTES: tl.constexpr,
-               SCALE_BYTES: tl.constexpr, DTYPE: tl.constexpr):
-    """Channels [c0, c0 + W) of the rows at `slots` `[BK]` -> `[BK, W]` in the dot's DTYPE (zeros where
-    invalid or past D). For fp8_ds_mla pages (`page_rows` rows in `page_bytes` bytes, per source: groups
-    differ in rows per block) only the NoPE channels, zeros from NOPE on (`_load_rope` reads the rest); c0
-    and W are multiples of the scale tile. They dequantize in bf16 for bf16 dots (a power-of-two scale is
-    exact there), else in fp32."""
-    if IS_FP8:  # [BK, tiles, TILE] so each tile's scale broadcasts
-        deq = tl.bfloat16 if DTYPE == tl.bfloat16 else tl.float32
+def _row_starts(slots, row_stride, page_rows, page_bytes, IS_FP8: tl.constexpr, DATA_BYTES: tl.constexpr,
+                SCALE_BYTES: tl.constexpr):
+    """Where the rows at `slots` `[BK]` start (int64, once per tile for every load of it): plain rows, their
+    first element (twice); fp8_ds_mla pages (`page_rows` rows in `page_bytes` bytes, per source: groups
+    differ in rows per block), their data byte and their scale bytes."""
+    if IS_FP8:
         page = (slots // page_rows).to(tl.int64)
         off = (slots % page_rows).to(tl.int64)
-        data = tl.multiple_of(page * page_bytes + off * DATA_BYTES, 16)  # [BK] (asserted: 16 | data, page)
-        scales = page * page_bytes + page_rows * DATA_BYTES + off * SCALE_BYTES
+        data = tl.multiple_of(page * page_bytes + off * DATA_BYTES, 16)  # (asserted: 16 | data, page)
+        return data, page * page_bytes + page_rows * DATA_BYTES + off * SCALE_BYTES
+    else:
+        start = slots.to(tl.int64) * row_stride
+        return start, start
+
+
+@triton.jit
+def _load_rows(src_ptr, start, scales, valid, c0, D: tl.constexpr, W: tl.constexpr, IS_FP8: tl.constexpr,
+               NOPE: tl.constexpr, TILE: tl.constexpr, DTYPE: tl.constexpr):
+    """Channels [c0, c0 + W) of the rows starting at `start` `[BK]` -> `[BK, W]` in the dot's DTYPE (zeros
+    where invalid or past D). For fp8_ds_mla pages only the NoPE channels, zeros from NOPE on
+    (`_load_rope` reads the rest); c0 and W are multiples of the scale tile. They dequantize in bf16 for
+    bf16 dots (a power-of-two scale is exact there), else in fp32."""
+    if IS_FP8:  # [BK, tiles, TILE] so each tile's scale broadcasts
+        deq = tl.bfloat16 if DTYPE == tl.bfloat16 else tl.float32
         tiles = c0 // TILE + tl.arange(0, W // TILE)
         ch = tiles[:, None] * TILE + tl.arange(0, TILE)[None, :]  # [tiles, TILE] latent channel
         ok = valid[:, None, None] & (ch < NOPE)[None, :, :]
-        nope = tl.load(src_ptr + data[:, None, None] + ch[None, :, :], mask=ok, other=0)
+        nope = tl.load(src_ptr + start[:, None, None] + ch[None, :, :], mask=ok, other=0)
         nope = nope.to(tl.float8e4nv, bitcast=True).to(deq)
         sbyte = tl.load(src_ptr + scales[:, None] + tiles[None, :],
                         mask=valid[:, None] & (tiles < NOPE // TILE)[None, :], other=127)
         nope = nope * tl.exp2(sbyte.to(tl.float32) - 127.0).to(deq)[:, :, None]
-        return tl.reshape(nope, [slots.shape[0], W]).to(DTYPE)
+        return tl.reshape(nope, [start.shape[0], W]).to(DTYPE)
     else:
         offs = c0 + tl.arange(0, W)
-        ptr = src_ptr + slots.to(tl.int64)[:, None] * row_stride + offs[None, :]
+        ptr = src_ptr + start[:, None] + offs[None, :]
         return tl.load(ptr, mask=valid[:, None] & (offs < D)[None, :], other=0.0).to(DTYPE)
 
 
 @triton.jit
-def _load_rope(rope_ptr, slots, valid, page_rows, page_bytes, NOPE: tl.constexpr, ROPE: tl.constexpr,
-               ROPE_W: tl.constexpr, DATA_BYTES: tl.constexpr, DTYPE: tl.constexpr):
-    """The bf16 RoPE channels of fp8_ds_mla rows -> `[BK, ROPE_W]` (zeros past ROPE or where invalid),
-    through a bf16 view of the pages (element = byte / 2; 16-byte aligned: asserted by the launcher)."""
-    page = (slots // page_rows).to(tl.int64)
-    off = (slots % page_rows).to(tl.int64)
-    start = tl.multiple_of((page * page_bytes + off * DATA_BYTES + NOPE) // 2, 8)  # [BK]
+def _load_rope(rope_ptr, data, valid, NOPE: tl.constexpr, ROPE: tl.constexpr, ROPE_W: tl.constexpr,
+               DTYPE: tl.constexpr):
+    """The bf16 RoPE channels of fp8_ds_mla rows whose data starts at byte `data` `[BK]` -> `[BK, ROPE_W]`
+    (zeros past ROPE or where invalid), through a bf16 view of the pages (element = byte / 2; 16-byte
+    aligned: asserted by the launcher)."""
+    start = tl.multiple_of((data + NOPE) // 2, 8)
     r = tl.arange(0, ROPE_W)
     return tl.load(rope_ptr + start[:, None] + r[None, :], mask=valid[:, None] & (r < ROPE)[None, :],
                    other=0.0).to(DTYPE)
@@ -118,16 +127,14 @@ def _attend(q, q_rest, q_rope, c0, c_rest, m, l, acc, acc_rope, src_ptr, rope_pt
         kk = k0 + tl.arange(0, BLOCK_K)
         slots = tl.load(idx_ptr + kk, mask=kk < hi, other=-1)
         valid = slots >= 0
-        kv = _load_rows(src_ptr, slots, valid, c0, row_stride, page_rows, page_bytes, D, W, IS_FP8, NOPE,
-                        TILE, DATA_BYTES, SCALE_BYTES, q.dtype)  # [BK, W]
+        start, scales = _row_starts(slots, row_stride, page_rows, page_bytes, IS_FP8, DATA_BYTES, SCALE_BYTES)
+        kv = _load_rows(src_ptr, start, scales, valid, c0, D, W, IS_FP8, NOPE, TILE, q.dtype)  # [BK, W]
         s = tl.dot(q, tl.trans(kv), input_precision=PRECISION)  # [BH, BK] fp32
         if PARTS == 2:
-            k_rest = _load_rows(src_ptr, slots, valid, c_rest, row_stride, page_rows, page_bytes, D, W, IS_FP8,
-                                NOPE, TILE, DATA_BYTES, SCALE_BYTES, q.dtype)
+            k_rest = _load_rows(src_ptr, start, scales, valid, c_rest, D, W, IS_FP8, NOPE, TILE, q.dtype)
             s = tl.dot(q_rest, tl.trans(k_rest), s, input_precision=PRECISION)
         if IS_FP8:
-            k_rope = _load_rope(rope_ptr, slots, valid, page_rows, page_bytes, NOPE, ROPE, ROPE_W, DATA_BYTES,
-                                q.dtype)  # [BK, ROPE_W]
+            k_rope = _load_rope(rope_ptr, start, valid, NOPE, ROPE, ROPE_W, q.dtype)  # [BK, ROPE_W]
             s = tl.dot(q_rope, tl.trans(k_rope), s, input_precision=PRECISION)
         s = tl.where(valid[None, :], s * scale, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
