@@ -21,17 +21,15 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from vllm.kernels import sparse_attn as sa
+from vllm.kernels.fp8_ds_mla import Fp8DsMlaLayout
 
-V4 = dict(heads=64, latent=512, nope=448, rope=64, tile=64, data_bytes=576, scale_bytes=8)
+HEADS, LATENT = 64, 512  # V4-Flash; fp8 pages in the default (V4) fp8_ds_mla layout
 
 
 def constexprs(fp8: bool, cfg: dict) -> dict:
-    return dict(D=V4["latent"], BLOCK_H=cfg["block_h"], BLOCK_K=cfg["block_k"], BLOCK_D=V4["latent"],
-                PARTS=cfg["parts"], NUM_SPLITS=1, HAS_SRC1=True, IS_FP8=fp8,
-                NOPE=V4["nope"] if fp8 else V4["latent"], ROPE=V4["rope"] if fp8 else 0,
-                ROPE_W=V4["rope"] if fp8 else 16, TILE=V4["tile"] if fp8 else 1,
-                DATA_BYTES=V4["data_bytes"] if fp8 else 1, SCALE_BYTES=V4["scale_bytes"] if fp8 else 1,
-                PRECISION="tf32")
+    return dict(D=LATENT, BLOCK_H=cfg["block_h"], BLOCK_K=cfg["block_k"], BLOCK_D=LATENT, PARTS=cfg["parts"],
+                NUM_SPLITS=1, HAS_SRC1=True, IS_FP8=fp8, PRECISION="tf32",
+                **sa.row_format(Fp8DsMlaLayout() if fp8 else None, LATENT))
 
 
 def arg_type(name: str, fp8: bool) -> str:
@@ -78,7 +76,7 @@ def main():
     for w in wanted:
         w = dict(w)
         fp8, batch = w.pop("fp8"), w.pop("batch", 128)
-        cfg = {**sa.launch_config(batch, V4["heads"], fp8), **w}
+        cfg = {**sa.launch_config(batch, HEADS, fp8), **w}
         print(json.dumps({"fp8": fp8, "batch": batch, **cfg, **resources(fp8, cfg, a.arch)}), flush=True)
 
 

@@ -365,6 +365,14 @@ def smaller_configs(cfg: dict) -> list[dict]:
     return out
 
 
+def row_format(layout, d: int) -> dict:
+    """The kernel's row-format constants: fp8_ds_mla pages (layout) or plain rows of width d (layout None)."""
+    if layout is None:
+        return dict(NOPE=d, ROPE=0, ROPE_W=16, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
+    return dict(NOPE=layout.nope, ROPE=layout.rope, ROPE_W=max(16, next_pow2(layout.rope)), TILE=layout.tile,
+                DATA_BYTES=layout.data_bytes, SCALE_BYTES=layout.scale_bytes)
+
+
 def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:
     t, h, d = q.shape
     block_d = next_pow2(d)
@@ -387,16 +395,13 @@ def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:
         part_o = part_lse = out  # unused
     # a missing second source repeats the first with no indices (HAS_SRC1 skips it)
     a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
-    fp8 = dict(NOPE=layout.nope, ROPE=layout.rope, ROPE_W=max(16, next_pow2(layout.rope)), TILE=layout.tile,
-               DATA_BYTES=layout.data_bytes, SCALE_BYTES=layout.scale_bytes) if layout is not None else \
-        dict(NOPE=d, ROPE=0, ROPE_W=16, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
     _sparse_attn_kernel[(t, triton.cdiv(h, block_h) * parts, num_splits)](
         q, out, sink, part_o, part_lse,
         *args[0].kernel_args, *a1.kernel_args,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale,
         D=d, BLOCK_H=block_h, BLOCK_K=block_k, BLOCK_D=block_d, PARTS=parts, NUM_SPLITS=num_splits,
         HAS_SRC1=len(args) == 2, IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **fp8)
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **row_format(layout, d))
     if num_splits > 1:
         _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
                                      BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
