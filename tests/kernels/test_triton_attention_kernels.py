@@ -111,7 +111,20 @@ def test_launch_first_fitting_names_what_it_tried():
     def never_fits(cfg):
         raise OutOfResources(300000, 101376, "shared memory")
     with pytest.raises(RuntimeError, match="no launch configuration fits this GPU.*num_stages"):
-        launch_first_fitting(never_fits, [dict(num_stages=2), dict(num_stages=1)])
+        launch_first_fitting(never_fits, [dict(num_stages=2), dict(num_stages=1)], "never-fits")
+
+
+def test_launch_first_fitting_goes_straight_to_what_fitted_before():
+    tried = []
+
+    def one_stage_only(cfg):
+        tried.append(cfg["num_stages"])
+        if cfg["num_stages"] > 1:
+            raise OutOfResources(200000, 101376, "shared memory")
+        return cfg["num_stages"]
+    for _ in range(2):
+        assert launch_first_fitting(one_stage_only, (dict(num_stages=s) for s in (3, 2, 1)), "one-stage-only") == 1
+    assert tried == [3, 2, 1, 1]
 
 
 def test_smaller_configs_shrink_to_the_smallest_dot_tiles():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable
 from typing import TypeVar
 
 import torch
@@ -68,20 +68,33 @@ def _cuda_max_shared_memory(index: int) -> int:  # a driver query: once per devi
 
 R = TypeVar("R")
 
+# (launcher's key) -> position of the first configuration the GPU fitted, when that was not the first: a
+# fact about the device, so a launch that had to fall back goes straight there next time.
+_FIRST_FITTING: dict[Hashable, int] = {}
 
-def launch_first_fitting(launch: Callable[[dict], R], configs: Sequence[dict]) -> R:
+
+def launch_first_fitting(launch: Callable[[dict], R], configs: Iterable[dict], key: Hashable) -> R:
     """`launch(cfg)` with the first of `configs` whose kernel fits the GPU. Triton raises
     OutOfResources before running a kernel that needs more shared memory or registers than the
-    device has, and keeps that verdict with the compiled kernel, so a retry costs no compile. The
-    defaults are tuned on Hopper; SM12x GPUs have under half its shared memory per program, so each
-    launcher lists ever smaller configurations after its default."""
-    assert configs, "no launch configuration to try"
-    for cfg in configs:
+    device has. The defaults are tuned on Hopper; SM12x GPUs have under half its shared memory per
+    program, so each launcher lists ever smaller configurations after its default (lazily: where the
+    default fits, nothing else is built). `key` names what besides the configuration selects the
+    compiled kernel (device, dtypes, formats, the configurations' origin)."""
+    start = _FIRST_FITTING.get(key, 0)
+    tried, last = [], None
+    for i, cfg in enumerate(configs):
+        if i < start:
+            continue
+        tried.append(cfg)
         try:
-            return launch(cfg)
+            out = launch(cfg)
         except OutOfResources as err:
             last = err
-    raise RuntimeError(f"no launch configuration fits this GPU ({last}); tried {list(configs)}") from last
+            continue
+        if i != start:
+            _FIRST_FITTING[key] = i
+        return out
+    raise RuntimeError(f"no launch configuration fits this GPU ({last}); tried {tried}") from last
 
 
 def dot_precision(dtype) -> str:

@@ -266,7 +266,8 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
         SCALED_DOT=mxfp4_scaled_dot(a, r1), S_SCALED_DOT=mxfp4_scaled_dot(a, s1), EVEN_K=k % bk == 0,
         num_warps=warps)
     # the stage count is sized from an estimate of the kernel's shared memory; fewer where it misses
-    launch_first_fitting(lambda cfg: launch(**cfg), [dict(num_stages=st) for st in range(stages, 0, -1)])
+    launch_first_fitting(lambda cfg: launch(**cfg), (dict(num_stages=st) for st in range(stages, 0, -1)),
+                         ("moe", a.device, cdt, r1.fmt, s1.fmt, r1.act_fp8, gate_up, bm, bn, bk, warps, stages))
 
 
 def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None) -> None:

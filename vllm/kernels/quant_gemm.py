@@ -307,7 +307,8 @@ def linear(x: torch.Tensor, w: QuantWeight, groups: int = 1) -> torch.Tensor:
         FP8_DOT=fp8_tensor_cores(x, w), SCALED_DOT=mxfp4_scaled_dot(x, w), EVEN_K=k % bk == 0,
         num_warps=warps)
     # fewer pipeline stages where the GPU's shared memory (SM12x: ~100 KB a program) does not fit them
-    launch_first_fitting(lambda cfg: launch(**cfg), [dict(num_stages=st) for st in range(stages, 0, -1)])
+    launch_first_fitting(lambda cfg: launch(**cfg), (dict(num_stages=st) for st in range(stages, 0, -1)),
+                         ("linear", x.device, cdt, w.fmt, w.act_fp8, bm, bn, bk, warps, stages))
     if splits > 1:
         out = target.sum(0).to(x.dtype)
     return out.view(m, n_total) if groups == 1 else out

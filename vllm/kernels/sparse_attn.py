@@ -18,7 +18,7 @@ separate `[BK, 64]` tile and accumulator (a masked full-width tile cost register
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -340,29 +340,30 @@ def sparse_attn(q: torch.Tensor, sources: Sequence[tuple[object, torch.Tensor]],
     cfg.update({k: v for k, v in given.items() if v is not None})
     assert cfg["parts"] in (1, 2), f"parts must be 1 or 2, not {cfg['parts']}"
     launch = functools.partial(_launch, q, out, args, sink, scale, layout, num_splits)
-    launch_first_fitting(launch, smaller_configs(cfg))
+    key = ("sparse_attn", q.device, q.dtype, h, d, layout, len(args), num_splits, tuple(cfg.values()))
+    launch_first_fitting(launch, smaller_configs(cfg), key)
     return out
 
 
-def smaller_configs(cfg: dict) -> list[dict]:
+def smaller_configs(cfg: dict) -> Iterator[dict]:
     """cfg, then ever smaller shared-memory footprints for GPUs that do not fit it: half the rows per
     step (down to 16), then half the heads per program (down to 16); one pipeline stage only after
     all of those, because without cp.async pipelining the rows pass through registers and a layout
     conversion that needs more shared memory, not less (compile-only reports for SM120:
     tools/sparse_attn_resources.py)."""
-    out = []
+    seen = []
     for stages in dict.fromkeys((cfg["num_stages"], 1)):
         c = dict(cfg, num_stages=stages)
         while True:
-            if c not in out:
-                out.append(c)
+            if c not in seen:
+                seen.append(c)
+                yield c
             if c["block_k"] > 16:
                 c = dict(c, block_k=c["block_k"] // 2)
             elif c["block_h"] > 16:
                 c = dict(c, block_h=c["block_h"] // 2)
             else:
                 break
-    return out
 
 
 def row_format(layout, d: int) -> dict:
