@@ -137,7 +137,7 @@ def _route(t: int, e: int, k: int, seed: int, one_expert: bool = False):
 
 CASES = {  # name: (tokens, experts, top_k, hidden, intermediate)
     "one-token": (1, 8, 2, 64, 96),
-    "few-tokens": (3, 16, 2, 96, 160),  # decode tiling, K not a multiple of the K tile
+    "few-tokens": (12, 16, 2, 96, 160),  # decode tiling, K not a multiple of the K tile
     "odd-sizes": (37, 6, 3, 96, 64),
     "many-tokens": (150, 4, 2, 64, 64),  # prefill tiling (64-row expert blocks)
 }
@@ -146,14 +146,16 @@ CASES = {  # name: (tokens, experts, top_k, hidden, intermediate)
 @pytest.mark.parametrize("routed_fmt,shared_fmt", [(PLAIN, PLAIN), (MXFP4, FP8_BLOCK), (FP8_BLOCK, FP8_BLOCK),
                                                    (MXFP4, None)])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_moe_matches_reference(routed_fmt, shared_fmt, case):
-    """Shared expert fused as an extra expert, in its own format (V4: FP8 shared, MXFP4 routed)."""
+@pytest.mark.parametrize("stream", [True, False], ids=["cuda-cores", "tensor-cores"])
+def test_fused_moe_matches_reference(routed_fmt, shared_fmt, case, stream):
+    """Shared expert fused as an extra expert, in its own format (V4: FP8 shared, MXFP4 routed); both
+    GEMM forms at every size (the streaming one at 1, 2 and 4 rows a block)."""
     t, e, k, d, i = CASES[case]
     x = torch.randn(t, d, generator=_gen(t)).to(DEV)
     w, ids = _route(t, e, k, seed=t)
     routed = _experts(routed_fmt, e, d, i)
     shared = _experts(shared_fmt, None, d, i, seed=7) if shared_fmt else None
-    out = fm.fused_moe(x, w, ids, routed, 10.0, shared)
+    out = fm.fused_moe(x, w, ids, routed, 10.0, shared, stream=stream)
     assert_close(out, fm.fused_moe_ref(x, w, ids, routed, 10.0, shared), TOL[torch.float32], case)
 
 
@@ -172,18 +174,25 @@ def test_fused_moe_corner_cases():
 HOPPER_SMEM, SM120_SMEM = 232448, 101376  # opt-in shared memory a program may use
 
 
-@pytest.mark.parametrize("pairs", [6, 60000], ids=["decode", "prefill"])
+@pytest.mark.parametrize("tokens,pairs", [(100, 700), (10000, 70000)], ids=["few-rows", "many-rows"])
 @pytest.mark.parametrize("a_bytes,w_bytes,hopper_stages", [(1, 1, None), (2, 2, 2), (4, 4, 2)],
                          ids=["fp8-act-fp8-weights", "bf16", "fp32"])
-def test_moe_pipelining_depth_fits_the_device(pairs, a_bytes, w_bytes, hopper_stages):
+def test_moe_pipelining_depth_fits_the_device(tokens, pairs, a_bytes, w_bytes, hopper_stages):
     """Quantized V4 experts keep the tuned stages on Hopper; bf16 weights at 3 stages overflowed it
-    (240 KB on an H200); every config's tiles fit a 99 KB SM12x program or run one stage."""
+    (240 KB on an H200); every tensor-core config's tiles fit a 99 KB SM12x program or run one stage."""
     fp32 = a_bytes == 4
-    tuned = fm._moe_config(pairs, 257, fp32, a_bytes, w_bytes, 1 << 30)
-    hopper = fm._moe_config(pairs, 257, fp32, a_bytes, w_bytes, HOPPER_SMEM)
-    assert hopper[:4] == tuned[:4] and hopper[4] == (hopper_stages or tuned[4])
-    bm, bn, bk, _, stages = fm._moe_config(pairs, 257, fp32, a_bytes, w_bytes, SM120_SMEM)
+    tuned = fm._moe_config(tokens, pairs, 257, fp32, a_bytes, w_bytes, 1 << 30)
+    hopper = fm._moe_config(tokens, pairs, 257, fp32, a_bytes, w_bytes, HOPPER_SMEM)
+    assert not tuned.stream and hopper[:4] == tuned[:4] and hopper.stages == (hopper_stages or tuned.stages)
+    bm, bn, bk, _, stages, _ = fm._moe_config(tokens, pairs, 257, fp32, a_bytes, w_bytes, SM120_SMEM)
     assert stages == 1 or stages * (bm * bk * a_bytes + 4 * bn * bk * w_bytes) + fm.SMEM_MARGIN <= SM120_SMEM
+
+
+def test_decode_sizes_take_the_streaming_gemm():
+    """Up to STREAM_MAX_TOKENS tokens the CUDA-core form, with blocks of more rows as tokens grow."""
+    rows = [fm._moe_config(t, 7 * t, 257, False, 1, 0.5, HOPPER_SMEM) for t in (1, 8, 32, fm.STREAM_MAX_TOKENS)]
+    assert all(r.stream for r in rows) and [r.bm for r in rows] == sorted(r.bm for r in rows)
+    assert not fm._moe_config(fm.STREAM_MAX_TOKENS + 1, 7 * 65, 257, False, 1, 0.5, HOPPER_SMEM).stream
 
 
 def test_fused_and_unfused_shared_expert_agree():

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from vllm.kernels._triton import dot_precision, launch_first_fitting, max_shared_memory, next_pow2, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
+from vllm.kernels.moe_stream import stream_k_tile, stream_rows
 from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, MXFP4, QuantWeight, _accumulate, compute_dtype,
                                      linear_ref, mxfp4_scaled_dot)
 
@@ -155,12 +156,19 @@ def _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr
                  stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
                  WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
-                 SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr):
-    """(A w1^T, A w3^T) for GATED (gate and up in one K loop), else (A w1^T, unused)."""
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    return _accumulate(acc, acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n,
-                       n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K,
-                       COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT, DUAL=GATED, EVEN_K=EVEN_K)
+                 SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr, STREAM: tl.constexpr):
+    """(A w1^T, A w3^T) for GATED (gate and up in one K loop), else (A w1^T, unused). STREAM: on the
+    CUDA cores (moe_stream), else on the tensor cores."""
+    if STREAM:
+        acc1, acc3 = stream_rows(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok,
+                                 K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM, BN, BK, WBLOCK_N,
+                                 WBLOCK_K)
+    else:
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        acc1, acc3 = _accumulate(acc, acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr,
+                                 n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N,
+                                 WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT, DUAL=GATED, EVEN_K=EVEN_K)
+    return acc1, acc3
 
 
 @triton.jit
@@ -171,10 +179,12 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
                      W_FMT: tl.constexpr, S_FMT: tl.constexpr, A_FP8: tl.constexpr, BM: tl.constexpr,
                      BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr,
                      COMPUTE: tl.constexpr, PRECISION: tl.constexpr, SCALED_DOT: tl.constexpr,
-                     S_SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr):
+                     S_SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr, S_BK: tl.constexpr, S_EVEN_K: tl.constexpr,
+                     STREAM: tl.constexpr):
     """One (expert block, N tile): GATED -> h = swiglu(A w1^T, A w3^T) * route weight; else A w2^T.
     Rows of A are tokens (A_BY_TOKEN, first GEMM) or pairs (second GEMM); outputs are per pair.
-    SCALED_DOT / S_SCALED_DOT: MXFP4 weights of the routed / shared expert through tl.dot_scaled."""
+    SCALED_DOT / S_SCALED_DOT: MXFP4 weights of the routed / shared expert through tl.dot_scaled.
+    S_BK / S_EVEN_K: the shared expert's K tile (its own format may want another)."""
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     expert = tl.load(block_expert_ptr + pid_m)
     if expert >= 0:
@@ -189,17 +199,19 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
             if expert == shared_id:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, s1_ptr, ss1_ptr, s3_ptr, ss3_ptr,
                                           n, n_ok, K, stride_sn, stride_ssn, stride_ssk, GATED, S_FMT, A_FP8, BM,
-                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT, EVEN_K)
+                                          BN, S_BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT, S_EVEN_K,
+                                          STREAM)
             else:
                 acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
                                           ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse,
                                           n, n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM,
-                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K)
+                                          BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K,
+                                          STREAM)
         else:
             acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
                                       ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse, n,
                                       n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM, BN, BK,
-                                      WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K)
+                                      WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K, STREAM)
         out_t = out_ptr.dtype.element_ty
         res = acc1
         if GATED:  # gate/up rounded to the activation dtype first, as the reference's projections return it
@@ -211,23 +223,41 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
 
 
 SMEM_MARGIN = 32 << 10  # what Triton adds to the pipelined tiles (H200, bf16 3-stage prefill config: 240 KB, 216 tiles)
+STREAM_MAX_TOKENS = 64  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
 
 
-def _moe_config(pairs: int, experts: int, fp32: bool, a_bytes: float, w_bytes: float,
-                smem: int) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BN, BK, warps, stages): few rows per expert at decode -> 16-row blocks streaming
-    weights with narrow N tiles; many -> 64-row blocks (H200 sweep, MXFP4 routed + FP8 shared:
-    neither 256-wide K tiles nor 1-row blocks on the CUDA cores did better). fp32 operands (two
-    accumulations for gate/up) take half the K tile and two stages. Stages then drop until a stage's
-    tiles (A, and gate and up of the routed and the shared weights, at `a_bytes` / `w_bytes` an
-    element as stored) fit `smem`: bf16 weights at 3 stages overflow Hopper, most configs SM12x."""
+class MoETiling(NamedTuple):
+    """Launch shape of both grouped GEMMs: rows per expert block, N and K tiles, warps, pipeline stages,
+    and whether the blocks run on the CUDA cores (`stream`, decode) or the tensor cores."""
+
+    bm: int
+    bn: int
+    bk: int
+    warps: int
+    stages: int
+    stream: bool = False
+
+
+def _moe_config(tokens: int, pairs: int, experts: int, fp32: bool, a_bytes: float, w_bytes: float,
+                smem: int, stream: bool | None = None) -> MoETiling:
+    """Up to STREAM_MAX_TOKENS tokens an expert sees a few rows: the streaming kernel with 1-4 row blocks
+    (an H200 sweep at V4-Flash shapes). Beyond, tensor-core tiles: few rows per expert -> 16-row blocks
+    streaming weights with narrow N tiles; many -> 64-row blocks (neither 256-wide K tiles nor 1-row
+    blocks on the CUDA cores did better there). fp32 operands (two accumulations for gate/up) take
+    half the K tile and two stages. Stages then drop until a stage's tiles (A, and gate and up of the
+    routed and the shared weights, at `a_bytes` / `w_bytes` an element as stored) fit `smem`: bf16
+    weights at 3 stages overflow Hopper, most configs SM12x. (The streaming kernel's K tile follows
+    each weight format: `stream_k_tile`.) `stream` forces the choice (tests, benchmarks)."""
+    if stream if stream is not None else tokens <= STREAM_MAX_TOKENS:
+        rows = 1 if tokens <= 8 else 2 if tokens <= 32 else 4
+        return MoETiling(rows, 16, 0, 4, 3, stream=True)
     bm, bn, bk, warps, stages = (16, 64, 128, 4, 4) if pairs <= 4 * experts else (64, 128, 64, 8, 3)
     if fp32:
         bk, stages = bk // 2, 2
     stage_bytes = bm * bk * a_bytes + 4 * bn * bk * w_bytes
     while stages > 1 and stages * stage_bytes + SMEM_MARGIN > smem:
         stages -= 1
-    return bm, bn, bk, warps, stages
+    return MoETiling(bm, bn, bk, warps, stages)
 
 
 def _stored_bytes(w: QuantWeight) -> float:
@@ -243,17 +273,22 @@ def _scales(q: QuantWeight) -> tuple[torch.Tensor, int, int, int]:
     return s, (s.stride(0) if s.dim() == 3 else 0), s.stride(-2), s.stride(-1)
 
 
-def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gate_up: bool, limit: float):
+def _grouped_gemm(a, a_s, out, align, route, slots, tiling: MoETiling, routed, shared, gate_up: bool, limit: float):
     """Launch kernel 1 (gate_up) or 2 over all blocks; `routed`/`shared` are (first, second) QuantWeights."""
-    _, bn, bk, warps, stages = cfg
+    bm, bn, bk, warps, stages, stream = tiling
     r1, r3 = routed
     n, k = r1.out_features, r1.in_features
     s1, s3 = shared if shared is not None else routed
     ws1, wse, wsn, wsk = _scales(r1)
     ss1, _, ssn, ssk = _scales(s1)
     blk = (s1 if s1.fmt == FP8_BLOCK else r1).block  # the FP8 weight's blocks (formats may mix)
-    if FP8_BLOCK in (r1.fmt, s1.fmt):
-        bk = min(bk, blk[1])  # an FP8 K tile stays inside one scale block
+    if stream:  # each format its own K tile
+        bk = stream_k_tile(_FMT_CODE[r1.fmt], blk[1] if r1.fmt == FP8_BLOCK else None)
+        s_bk = stream_k_tile(_FMT_CODE[s1.fmt], blk[1] if s1.fmt == FP8_BLOCK else None)
+    else:
+        if FP8_BLOCK in (r1.fmt, s1.fmt):
+            bk = min(bk, blk[1])  # an FP8 K tile stays inside one scale block
+        s_bk = bk
     grid = (align.block_expert.numel(), triton.cdiv(n, bn))
     cdt = compute_dtype(a, r1)
     launch = functools.partial(_moe_gemm_kernel[grid],
@@ -263,11 +298,11 @@ def _grouped_gemm(a, a_s, out, align, route, slots, bm, cfg, routed, shared, gat
         out.stride(0), GATED=gate_up, A_BY_TOKEN=gate_up, HAS_SHARED=shared is not None, W_FMT=_FMT_CODE[r1.fmt],
         S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk, WBLOCK_N=blk[0], WBLOCK_K=blk[1],
         COMPUTE=cdt, PRECISION=dot_precision(torch.float32 if cdt == tl.float32 else torch.bfloat16),
-        SCALED_DOT=mxfp4_scaled_dot(a, r1), S_SCALED_DOT=mxfp4_scaled_dot(a, s1), EVEN_K=k % bk == 0,
-        num_warps=warps)
+        SCALED_DOT=not stream and mxfp4_scaled_dot(a, r1), S_SCALED_DOT=not stream and mxfp4_scaled_dot(a, s1),
+        EVEN_K=k % bk == 0, S_BK=s_bk, S_EVEN_K=k % s_bk == 0, STREAM=stream, num_warps=warps)
     # the stage count is sized from an estimate of the kernel's shared memory; fewer where it misses
     launch_first_fitting(lambda cfg: launch(**cfg), (dict(num_stages=st) for st in range(stages, 0, -1)),
-                         ("moe", a.device, cdt, r1.fmt, s1.fmt, r1.act_fp8, gate_up, bm, bn, bk, warps, stages))
+                         ("moe", a.device, cdt, r1.fmt, s1.fmt, r1.act_fp8, gate_up, tiling))
 
 
 def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None) -> None:
@@ -281,9 +316,10 @@ def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None)
 
 
 def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, routed: ExpertWeights,
-              limit: float, shared: ExpertWeights | None = None) -> torch.Tensor:
+              limit: float, shared: ExpertWeights | None = None, *, stream: bool | None = None) -> torch.Tensor:
     """Triton `fused_moe_ref` (same arguments). Routed weights stacked `[E, ...]`; `shared` (2-D
-    weights) runs in the same launches as expert id E with weight 1."""
+    weights) runs in the same launches as expert id E with weight 1. `stream` forces the CUDA-core
+    streaming GEMM on or off (default: by token count, `_moe_config`)."""
     _check(x, routed, shared)
     t, d = x.shape
     if t == 0:
@@ -295,21 +331,21 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
         weights = torch.cat([weights, torch.ones(t, 1, dtype=torch.float32, device=x.device)], 1)
     slots = ids.shape[1]
     act_fp8 = routed.w1.act_fp8
-    cfg = _moe_config(t * slots, num_experts + (shared is not None), compute_dtype(x, routed.w1) == tl.float32,
-                      1 if act_fp8 else x.element_size(), max(_stored_bytes(w) for w in routed + (shared or ())),
-                      max_shared_memory(x.device))
-    bm = cfg[0]
-    align = moe_align(ids, num_experts + (shared is not None), bm)
+    tiling = _moe_config(t, t * slots, num_experts + (shared is not None),
+                         compute_dtype(x, routed.w1) == tl.float32, 1 if act_fp8 else x.element_size(),
+                         max(_stored_bytes(w) for w in routed + (shared or ())), max_shared_memory(x.device),
+                         stream)
+    align = moe_align(ids, num_experts + (shared is not None), tiling.bm)
     route = weights.contiguous().view(-1)
     a, a_s = act_quant_fp8(x, ACT_BLOCK) if act_fp8 else (x, x.new_empty(1, 1, dtype=torch.float32))
     inter = routed.w1.out_features
     h = torch.empty(t * slots, inter, dtype=x.dtype, device=x.device)
     sh = (shared.w1, shared.w3) if shared is not None else None
-    _grouped_gemm(a, a_s, h, align, route, slots, bm, cfg, (routed.w1, routed.w3), sh, True, limit)
+    _grouped_gemm(a, a_s, h, align, route, slots, tiling, (routed.w1, routed.w3), sh, True, limit)
     a2, a2_s = act_quant_fp8(h, ACT_BLOCK) if act_fp8 else (h, a_s)
     y = torch.empty(t * slots, d, dtype=x.dtype, device=x.device)
     sh2 = (shared.w2, shared.w2) if shared is not None else None
-    _grouped_gemm(a2, a2_s, y, align, route, slots, bm, cfg, (routed.w2, routed.w2), sh2, False, limit)
+    _grouped_gemm(a2, a2_s, y, align, route, slots, tiling, (routed.w2, routed.w2), sh2, False, limit)
     y = y.view(t, slots, d)
     k = topk_ids.shape[1]
     out = y[:, :k].float().sum(1).to(x.dtype)

@@ -1,0 +1,108 @@
+"""The fused MoE's decode-time grouped GEMM on the CUDA cores: few rows per expert, weights streamed.
+
+At decode an expert sees one to a few rows, so a tensor-core tile of 16+ rows is mostly padding and
+the MXFP4 weight must travel registers -> shared memory -> MMA layout for nothing: `tl.dot_scaled`
+streamed the decode-shape weights at ~1.0 TB/s on an H200, this kernel at ~1.5 (read ceiling 3.6;
+`scratch/moe_stream.py`). Each program takes one R-row expert block and a BN-wide tile of the
+output features and walks K: every weight element is decoded once into fp32 and multiplied into all
+R rows with FMAs, partial products kept per K column and summed once at the end.
+
+MXFP4 decode with no lookup: a nibble's magnitude bits (e1 e0 m) shifted to fp32 bits 24..22 and
+its sign to bit 31 read as an fp32 of 2^-126 times the e2m1 value (e = 0 lands on the subnormal
+m * 2^-127). The activation carries 2^63 and the group scale byte s becomes the factor 2^(s - 64),
+built from its bits, so products stay normal and every factor is exact (scale bytes 0..191, i.e.
+scales up to 2^64; activations above 2^-62 in magnitude). FP8 weights convert in hardware; their
+128x128 block scale multiplies the decoded weight. Accumulation is fp32, as the reference's.
+"""
+
+from __future__ import annotations
+
+from vllm.kernels._triton import tl, triton
+
+TWO_POW_63 = 9.223372036854775808e18
+
+
+@triton.jit
+def _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, k, K, A_FP8: tl.constexpr, PRESCALE: tl.constexpr):
+    """fp32 `[R, len(k)]` activations at columns k (FP8: times their per-128 scale), times PRESCALE."""
+    m = row_ok[:, None] & (k < K)[None, :]
+    x = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=m, other=0.0).to(tl.float32)
+    if A_FP8:
+        x *= tl.load(as_ptr + as_rows[:, None] + (k // 128)[None, :], mask=m, other=0.0)
+    return x * PRESCALE
+
+
+@triton.jit
+def _mxfp4_rows(acc, xe, xo, w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, BN: tl.constexpr,
+                BK: tl.constexpr):
+    """acc `[R, BN, BK/2]` += even and odd columns of one K tile (x pre-scaled by 2^63)."""
+    HALF: tl.constexpr = BK // 2
+    G: tl.constexpr = BK // 32
+    kc = k0 // 2 + tl.arange(0, HALF)
+    g = k0 // 32 + tl.arange(0, G)
+    b = tl.load(w_ptr + n[:, None] * stride_wn + kc[None, :], mask=n_ok[:, None] & (kc < K // 2)[None, :],
+                other=0).to(tl.uint8, bitcast=True).to(tl.int32)
+    s = tl.load(ws_ptr + n[:, None] * stride_wsn + g[None, :], mask=n_ok[:, None] & (g < K // 32)[None, :],
+                other=0).to(tl.uint8, bitcast=True).to(tl.int32)
+    mult = ((s + 63) << 23).to(tl.float32, bitcast=True)  # 2^(s - 64): undoes 2^126 * 2^63, applies 2^(s - 127)
+    mult = tl.reshape(tl.broadcast_to(mult[:, :, None], (BN, G, 16)), (BN, HALF))
+    lo = (((b & 7) << 22) | ((b & 8) << 28)).to(tl.float32, bitcast=True)  # even k: low nibble
+    hi = (((b & 0x70) << 18) | ((b & 0x80) << 24)).to(tl.float32, bitcast=True)
+    return acc + (lo[None, :, :] * xe[:, None, :] + hi[None, :, :] * xo[:, None, :]) * mult[None, :, :]
+
+
+@triton.jit
+def _block_rows(acc, x, w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr,
+                BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr):
+    """acc `[R, BN, BK]` += one K tile of plain or FP8-block weights (the tile inside one scale block)."""
+    k = k0 + tl.arange(0, BK)
+    w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & (k < K)[None, :],
+                other=0.0).to(tl.float32)
+    if W_FMT == 1:
+        sw = tl.load(ws_ptr + (n // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk, mask=n_ok,
+                     other=0).to(tl.int32) & 0xFF
+        w *= ((sw << 23).to(tl.float32, bitcast=True))[:, None]
+    return acc + w[None, :, :] * x[:, None, :]
+
+
+@triton.jit
+def stream_rows(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K, stride_wn,
+                stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
+                R: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
+                WBLOCK_K: tl.constexpr):
+    """(A w1^T, A w3^T) `[R, BN]` fp32 for the R rows of A at `a_rows` (GATED: gate and up in one K loop;
+    else (A w1^T, the same)). W (and scales) already offset to the expert."""
+    W: tl.constexpr = BK // 2 if W_FMT == 2 else BK  # MXFP4: even and odd columns side by side
+    acc1 = tl.zeros([R, BN, W], dtype=tl.float32)
+    acc3 = tl.zeros([R, BN, W], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        if W_FMT == 2:
+            kc = k0 // 2 + tl.arange(0, W)
+            xe = _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, 2 * kc, K, A_FP8, TWO_POW_63)
+            xo = _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, 2 * kc + 1, K, A_FP8, TWO_POW_63)
+            acc1 = _mxfp4_rows(acc1, xe, xo, w1_ptr, ws1_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, BN, BK)
+            if GATED:
+                acc3 = _mxfp4_rows(acc3, xe, xo, w3_ptr, ws3_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, BN, BK)
+        else:
+            x = _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, k0 + tl.arange(0, BK), K, A_FP8, 1.0)
+            acc1 = _block_rows(acc1, x, w1_ptr, ws1_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT,
+                               BK, WBLOCK_N, WBLOCK_K)
+            if GATED:
+                acc3 = _block_rows(acc3, x, w3_ptr, ws3_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk,
+                                   W_FMT, BK, WBLOCK_N, WBLOCK_K)
+    out1 = tl.sum(acc1, 2)
+    out3 = out1
+    if GATED:
+        out3 = tl.sum(acc3, 2)
+    return out1, out3
+
+
+def stream_k_tile(fmt_code: int, fp8_block_k: int | None) -> int:
+    """K tile of the streaming kernel for a weight format: MXFP4 256 (128 packed bytes a row), FP8 blocks
+    one scale block at most (128), plain 128."""
+    if fmt_code == 2:
+        return 256
+    return min(128, fp8_block_k) if fp8_block_k else 128
+
+
+__all__ = ["stream_k_tile", "stream_rows"]
