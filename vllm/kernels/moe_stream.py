@@ -17,9 +17,9 @@ scales up to 2^64; activations above 2^-62 in magnitude). FP8 weights convert in
 
 from __future__ import annotations
 
-from vllm.kernels._triton import tl, triton
+from vllm.kernels._triton import HAS_TRITON, tl, triton
 
-TWO_POW_63 = 9.223372036854775808e18
+TWO_POW_63 = tl.constexpr(2.0**63) if HAS_TRITON else None
 
 
 @triton.jit
