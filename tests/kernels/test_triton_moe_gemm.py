@@ -149,7 +149,7 @@ CASES = {  # name: (tokens, experts, top_k, hidden, intermediate)
 @pytest.mark.parametrize("stream", [True, False], ids=["cuda-cores", "tensor-cores"])
 def test_fused_moe_matches_reference(routed_fmt, shared_fmt, case, stream):
     """Shared expert fused as an extra expert, in its own format (V4: FP8 shared, MXFP4 routed); both
-    GEMM forms at every size (the streaming one at 1, 2 and 4 rows a block)."""
+    GEMM forms at every size."""
     t, e, k, d, i = CASES[case]
     x = torch.randn(t, d, generator=_gen(t)).to(DEV)
     w, ids = _route(t, e, k, seed=t)
@@ -189,10 +189,12 @@ def test_moe_pipelining_depth_fits_the_device(tokens, pairs, a_bytes, w_bytes, h
 
 
 def test_decode_sizes_take_the_streaming_gemm():
-    """Up to STREAM_MAX_TOKENS tokens the CUDA-core form, with blocks of more rows as tokens grow."""
-    rows = [fm._moe_config(t, 7 * t, 257, False, 1, 0.5, HOPPER_SMEM) for t in (1, 8, 32, fm.STREAM_MAX_TOKENS)]
-    assert all(r.stream for r in rows) and [r.bm for r in rows] == sorted(r.bm for r in rows)
-    assert not fm._moe_config(fm.STREAM_MAX_TOKENS + 1, 7 * 65, 257, False, 1, 0.5, HOPPER_SMEM).stream
+    """Up to STREAM_MAX_TOKENS tokens the CUDA-core form with one-row expert blocks, beyond the tensor cores."""
+    for t in (1, fm.STREAM_MAX_TOKENS):
+        tiling = fm._moe_config(t, 7 * t, 257, False, 1, 0.5, HOPPER_SMEM)
+        assert tiling.stream and tiling.bm == 1
+    big = fm.STREAM_MAX_TOKENS + 1
+    assert not fm._moe_config(big, 7 * big, 257, False, 1, 0.5, HOPPER_SMEM).stream
 
 
 def test_fused_and_unfused_shared_expert_agree():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from vllm.kernels._triton import dot_precision, launch_first_fitting, max_shared_memory, next_pow2, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
-from vllm.kernels.moe_stream import stream_k_tile, stream_rows
+from vllm.kernels.moe_stream import stream_k_tile, stream_row
 from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, MXFP4, QuantWeight, _accumulate, compute_dtype,
                                      linear_ref, mxfp4_scaled_dot)
 
@@ -159,10 +159,11 @@ def _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr
                  SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr, STREAM: tl.constexpr):
     """(A w1^T, A w3^T) for GATED (gate and up in one K loop), else (A w1^T, unused). STREAM: on the
     CUDA cores (moe_stream), else on the tensor cores."""
-    if STREAM:
-        acc1, acc3 = stream_rows(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok,
-                                 K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM, BN, BK, WBLOCK_N,
-                                 WBLOCK_K)
+    if STREAM:  # one-row blocks: the row's offsets as scalars (a block that exists has its row)
+        out1, out3 = stream_row(a_ptr, tl.max(a_rows, 0), as_ptr, tl.max(as_rows, 0), w1_ptr, ws1_ptr, w3_ptr,
+                                ws3_ptr, n, n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BN, BK,
+                                WBLOCK_N, WBLOCK_K)
+        acc1, acc3 = out1[None, :], out3[None, :]
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)
         acc1, acc3 = _accumulate(acc, acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr,
@@ -223,7 +224,7 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
 
 
 SMEM_MARGIN = 32 << 10  # what Triton adds to the pipelined tiles (H200, bf16 3-stage prefill config: 240 KB, 216 tiles)
-STREAM_MAX_TOKENS = 64  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
+STREAM_MAX_TOKENS = 8  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
 
 
 class MoETiling(NamedTuple):
@@ -240,7 +241,7 @@ class MoETiling(NamedTuple):
 
 def _moe_config(tokens: int, pairs: int, experts: int, fp32: bool, a_bytes: float, w_bytes: float,
                 smem: int, stream: bool | None = None) -> MoETiling:
-    """Up to STREAM_MAX_TOKENS tokens an expert sees a few rows: the streaming kernel with 1-4 row blocks
+    """Up to STREAM_MAX_TOKENS tokens an expert sees about one row: the streaming kernel, one-row blocks
     (an H200 sweep at V4-Flash shapes). Beyond, tensor-core tiles: few rows per expert -> 16-row blocks
     streaming weights with narrow N tiles; many -> 64-row blocks (neither 256-wide K tiles nor 1-row
     blocks on the CUDA cores did better there). fp32 operands (two accumulations for gate/up) take
@@ -249,8 +250,7 @@ def _moe_config(tokens: int, pairs: int, experts: int, fp32: bool, a_bytes: floa
     weights at 3 stages overflow Hopper, most configs SM12x. (The streaming kernel's K tile follows
     each weight format: `stream_k_tile`.) `stream` forces the choice (tests, benchmarks)."""
     if stream if stream is not None else tokens <= STREAM_MAX_TOKENS:
-        rows = 1 if tokens <= 8 else 2 if tokens <= 32 else 4
-        return MoETiling(rows, 16, 0, 4, 3, stream=True)
+        return MoETiling(1, 16, 0, 4, 1, stream=True)
     bm, bn, bk, warps, stages = (16, 64, 128, 4, 4) if pairs <= 4 * experts else (64, 128, 64, 8, 3)
     if fp32:
         bk, stages = bk // 2, 2

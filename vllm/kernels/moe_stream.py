@@ -3,9 +3,11 @@
 At decode an expert sees one to a few rows, so a tensor-core tile of 16+ rows is mostly padding and
 the MXFP4 weight must travel registers -> shared memory -> MMA layout for nothing: `tl.dot_scaled`
 streamed the decode-shape weights at ~1.0 TB/s on an H200, this kernel at ~1.5 (read ceiling 3.6;
-`scratch/moe_stream.py`). Each program takes one R-row expert block and a BN-wide tile of the
-output features and walks K: every weight element is decoded once into fp32 and multiplied into all
-R rows with FMAs, partial products kept per K column and summed once at the end.
+`scratch/moe_stream.py`). Each program takes one single-row expert block and a BN-wide tile of the
+output features and walks K: every weight element is decoded into fp32 and multiplied into the row
+with an FMA, partial products kept per K column and summed once at the end. (Blocks of 2-4 rows, a
+3-D accumulator, measured slower at every batch: Triton moved the tiles between layouts through
+shared memory each K step.)
 
 MXFP4 decode with no lookup: a nibble's magnitude bits (e1 e0 m) shifted to fp32 bits 24..22 and
 its sign to bit 31 read as an fp32 of 2^-126 times the e2m1 value (e = 0 lands on the subnormal
@@ -23,77 +25,97 @@ TWO_POW_63 = tl.constexpr(2.0**63) if HAS_TRITON else None
 
 
 @triton.jit
-def _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, k, K, A_FP8: tl.constexpr, PRESCALE: tl.constexpr):
-    """fp32 `[R, len(k)]` activations at columns k (FP8: times their per-128 scale), times PRESCALE."""
-    m = row_ok[:, None] & (k < K)[None, :]
-    x = tl.load(a_ptr + a_rows[:, None] + k[None, :], mask=m, other=0.0).to(tl.float32)
+def _row_x(a_ptr, a_row, as_ptr, as_row, k, K, A_FP8: tl.constexpr, PRESCALE: tl.constexpr):
+    """fp32 activations of one row at columns k (FP8: times their per-128 scale), times PRESCALE."""
+    x = tl.load(a_ptr + a_row + k, mask=k < K, other=0.0).to(tl.float32)
     if A_FP8:
-        x *= tl.load(as_ptr + as_rows[:, None] + (k // 128)[None, :], mask=m, other=0.0)
+        x *= tl.load(as_ptr + as_row + k // 128, mask=k < K, other=0.0)
     return x * PRESCALE
 
 
 @triton.jit
-def _mxfp4_rows(acc, xe, xo, w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, BN: tl.constexpr,
-                BK: tl.constexpr):
-    """acc `[R, BN, BK/2]` += even and odd columns of one K tile (x pre-scaled by 2^63)."""
+def _load_tile(w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr,
+               BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr):
+    """One K tile of weight rows `n` as stored, and its scales (zeros past K). MXFP4: packed bytes
+    `[BN, BK/2]` and scale bytes `[BN, BK/32]`; FP8 blocks: `[BN, BK]` e4m3 and one scale byte a row
+    (the tile sits inside one 128 block); plain: `[BN, BK]` and unused scales."""
+    if W_FMT == 2:
+        kc = k0 // 2 + tl.arange(0, BK // 2)
+        g = k0 // 32 + tl.arange(0, BK // 32)
+        w = tl.load(w_ptr + n[:, None] * stride_wn + kc[None, :], mask=n_ok[:, None] & (kc < K // 2)[None, :],
+                    other=0)
+        s = tl.load(ws_ptr + n[:, None] * stride_wsn + g[None, :], mask=n_ok[:, None] & (g < K // 32)[None, :],
+                    other=0)
+    else:
+        k = k0 + tl.arange(0, BK)
+        w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
+        s = w  # (plain: no scales)
+        if W_FMT == 1:
+            s = tl.load(ws_ptr + (n // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk,
+                        mask=n_ok & (k0 < K), other=0)
+    return w, s
+
+
+@triton.jit
+def _mxfp4_fma(acc, w, s, xe, xo, BN: tl.constexpr, BK: tl.constexpr):
+    """acc `[BN, BK/2]` += even and odd columns of one MXFP4 K tile (x pre-scaled by 2^63)."""
     HALF: tl.constexpr = BK // 2
-    G: tl.constexpr = BK // 32
-    kc = k0 // 2 + tl.arange(0, HALF)
-    g = k0 // 32 + tl.arange(0, G)
-    b = tl.load(w_ptr + n[:, None] * stride_wn + kc[None, :], mask=n_ok[:, None] & (kc < K // 2)[None, :],
-                other=0).to(tl.uint8, bitcast=True).to(tl.int32)
-    s = tl.load(ws_ptr + n[:, None] * stride_wsn + g[None, :], mask=n_ok[:, None] & (g < K // 32)[None, :],
-                other=0).to(tl.uint8, bitcast=True).to(tl.int32)
-    mult = ((s + 63) << 23).to(tl.float32, bitcast=True)  # 2^(s - 64): undoes 2^126 * 2^63, applies 2^(s - 127)
-    mult = tl.reshape(tl.broadcast_to(mult[:, :, None], (BN, G, 16)), (BN, HALF))
+    b = w.to(tl.uint8, bitcast=True).to(tl.int32)
+    mult = ((s.to(tl.uint8, bitcast=True).to(tl.int32) + 63) << 23).to(tl.float32, bitcast=True)  # 2^(s - 64)
+    mult = tl.reshape(tl.broadcast_to(mult[:, :, None], (BN, BK // 32, 16)), (BN, HALF))
     lo = (((b & 7) << 22) | ((b & 8) << 28)).to(tl.float32, bitcast=True)  # even k: low nibble
     hi = (((b & 0x70) << 18) | ((b & 0x80) << 24)).to(tl.float32, bitcast=True)
-    return acc + (lo[None, :, :] * xe[:, None, :] + hi[None, :, :] * xo[:, None, :]) * mult[None, :, :]
+    return acc + (lo * xe[None, :] + hi * xo[None, :]) * mult
 
 
 @triton.jit
-def _block_rows(acc, x, w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr,
-                BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr):
-    """acc `[R, BN, BK]` += one K tile of plain or FP8-block weights (the tile inside one scale block)."""
-    k = k0 + tl.arange(0, BK)
-    w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & (k < K)[None, :],
-                other=0.0).to(tl.float32)
+def _block_fma(acc, w, s, x, W_FMT: tl.constexpr):
+    """acc `[BN, BK]` += one K tile of plain or FP8-block weights."""
+    wf = w.to(tl.float32)
     if W_FMT == 1:
-        sw = tl.load(ws_ptr + (n // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk, mask=n_ok,
-                     other=0).to(tl.int32) & 0xFF
-        w *= ((sw << 23).to(tl.float32, bitcast=True))[:, None]
-    return acc + w[None, :, :] * x[:, None, :]
+        wf *= (((s.to(tl.int32) & 0xFF) << 23).to(tl.float32, bitcast=True))[:, None]
+    return acc + wf * x[None, :]
 
 
 @triton.jit
-def stream_rows(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K, stride_wn,
-                stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
-                R: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
-                WBLOCK_K: tl.constexpr):
-    """(A w1^T, A w3^T) `[R, BN]` fp32 for the R rows of A at `a_rows` (GATED: gate and up in one K loop;
-    else (A w1^T, the same)). W (and scales) already offset to the expert."""
+def stream_row(a_ptr, a_row, as_ptr, as_row, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K, stride_wn, stride_wsn,
+               stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BN: tl.constexpr,
+               BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr):
+    """(a w1^T, a w3^T) `[BN]` fp32 for the row of A at element offset `a_row` (GATED: gate and up in
+    one K loop; else (a w1^T, the same)). W (and scales) already offset to the expert. The next K
+    tile's weights are requested before this one's arithmetic (twice the bytes in flight)."""
     W: tl.constexpr = BK // 2 if W_FMT == 2 else BK  # MXFP4: even and odd columns side by side
-    acc1 = tl.zeros([R, BN, W], dtype=tl.float32)
-    acc3 = tl.zeros([R, BN, W], dtype=tl.float32)
+    acc1 = tl.zeros([BN, W], dtype=tl.float32)
+    acc3 = tl.zeros([BN, W], dtype=tl.float32)
+    w1, s1 = _load_tile(w1_ptr, ws1_ptr, n, n_ok, 0, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK, WBLOCK_N,
+                        WBLOCK_K)
+    w3, s3 = w1, s1
+    if GATED:
+        w3, s3 = _load_tile(w3_ptr, ws3_ptr, n, n_ok, 0, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
+                            WBLOCK_N, WBLOCK_K)
     for k0 in range(0, K, BK):
+        cur1, cs1, cur3, cs3 = w1, s1, w3, s3
+        w1, s1 = _load_tile(w1_ptr, ws1_ptr, n, n_ok, k0 + BK, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
+                            WBLOCK_N, WBLOCK_K)
+        if GATED:
+            w3, s3 = _load_tile(w3_ptr, ws3_ptr, n, n_ok, k0 + BK, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
+                                WBLOCK_N, WBLOCK_K)
         if W_FMT == 2:
             kc = k0 // 2 + tl.arange(0, W)
-            xe = _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, 2 * kc, K, A_FP8, TWO_POW_63)
-            xo = _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, 2 * kc + 1, K, A_FP8, TWO_POW_63)
-            acc1 = _mxfp4_rows(acc1, xe, xo, w1_ptr, ws1_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, BN, BK)
+            xe = _row_x(a_ptr, a_row, as_ptr, as_row, 2 * kc, K, A_FP8, TWO_POW_63)
+            xo = _row_x(a_ptr, a_row, as_ptr, as_row, 2 * kc + 1, K, A_FP8, TWO_POW_63)
+            acc1 = _mxfp4_fma(acc1, cur1, cs1, xe, xo, BN, BK)
             if GATED:
-                acc3 = _mxfp4_rows(acc3, xe, xo, w3_ptr, ws3_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, BN, BK)
+                acc3 = _mxfp4_fma(acc3, cur3, cs3, xe, xo, BN, BK)
         else:
-            x = _rows_x(a_ptr, a_rows, row_ok, as_ptr, as_rows, k0 + tl.arange(0, BK), K, A_FP8, 1.0)
-            acc1 = _block_rows(acc1, x, w1_ptr, ws1_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT,
-                               BK, WBLOCK_N, WBLOCK_K)
+            x = _row_x(a_ptr, a_row, as_ptr, as_row, k0 + tl.arange(0, BK), K, A_FP8, 1.0)
+            acc1 = _block_fma(acc1, cur1, cs1, x, W_FMT)
             if GATED:
-                acc3 = _block_rows(acc3, x, w3_ptr, ws3_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk,
-                                   W_FMT, BK, WBLOCK_N, WBLOCK_K)
-    out1 = tl.sum(acc1, 2)
+                acc3 = _block_fma(acc3, cur3, cs3, x, W_FMT)
+    out1 = tl.sum(acc1, 1)
     out3 = out1
     if GATED:
-        out3 = tl.sum(acc3, 2)
+        out3 = tl.sum(acc3, 1)
     return out1, out3
 
 
@@ -105,4 +127,4 @@ def stream_k_tile(fmt_code: int, fp8_block_k: int | None) -> int:
     return min(128, fp8_block_k) if fp8_block_k else 128
 
 
-__all__ = ["stream_k_tile", "stream_rows"]
+__all__ = ["stream_k_tile", "stream_row"]
