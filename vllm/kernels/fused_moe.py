@@ -224,7 +224,7 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
 
 
 SMEM_MARGIN = 32 << 10  # what Triton adds to the pipelined tiles (H200, bf16 3-stage prefill config: 240 KB, 216 tiles)
-STREAM_MAX_TOKENS = 8  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
+STREAM_MAX_TOKENS = 16  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
 
 
 class MoETiling(NamedTuple):

@@ -37,8 +37,9 @@ def _row_x(a_ptr, a_row, as_ptr, as_row, k, K, A_FP8: tl.constexpr, PRESCALE: tl
 def _load_tile(w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr,
                BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr):
     """One K tile of weight rows `n` as stored, and its scales (zeros past K). MXFP4: packed bytes
-    `[BN, BK/2]` and scale bytes `[BN, BK/32]`; FP8 blocks: `[BN, BK]` e4m3 and one scale byte a row
-    (the tile sits inside one 128 block); plain: `[BN, BK]` and unused scales."""
+    `[BN, BK/2]` and scale bytes `[BN, BK/32]`; FP8 blocks: `[BN, BK]` e4m3 and the scale bytes of the K
+    blocks it covers `[BN, max(1, BK/WBLOCK_K)]` (a tile shorter than a block sits inside one);
+    plain: `[BN, BK]` and unused scales."""
     if W_FMT == 2:
         kc = k0 // 2 + tl.arange(0, BK // 2)
         g = k0 // 32 + tl.arange(0, BK // 32)
@@ -50,9 +51,11 @@ def _load_tile(w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk,
         k = k0 + tl.arange(0, BK)
         w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
         s = w  # (plain: no scales)
-        if W_FMT == 1:
-            s = tl.load(ws_ptr + (n // WBLOCK_N) * stride_wsn + (k0 // WBLOCK_K) * stride_wsk,
-                        mask=n_ok & (k0 < K), other=0)
+        if W_FMT == 1:  # the scale bytes of the tile's K blocks
+            SB: tl.constexpr = BK // WBLOCK_K if BK > WBLOCK_K else 1
+            kb = k0 // WBLOCK_K + tl.arange(0, SB)
+            s = tl.load(ws_ptr + (n // WBLOCK_N)[:, None] * stride_wsn + kb[None, :] * stride_wsk,
+                        mask=n_ok[:, None] & (kb * WBLOCK_K < K)[None, :], other=0)
     return w, s
 
 
@@ -69,11 +72,13 @@ def _mxfp4_fma(acc, w, s, xe, xo, BN: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
-def _block_fma(acc, w, s, x, W_FMT: tl.constexpr):
+def _block_fma(acc, w, s, x, W_FMT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_K: tl.constexpr):
     """acc `[BN, BK]` += one K tile of plain or FP8-block weights."""
     wf = w.to(tl.float32)
     if W_FMT == 1:
-        wf *= (((s.to(tl.int32) & 0xFF) << 23).to(tl.float32, bitcast=True))[:, None]
+        SB: tl.constexpr = BK // WBLOCK_K if BK > WBLOCK_K else 1
+        mult = ((s.to(tl.int32) & 0xFF) << 23).to(tl.float32, bitcast=True)  # [BN, SB]
+        wf *= tl.reshape(tl.broadcast_to(mult[:, :, None], (BN, SB, BK // SB)), (BN, BK))
     return acc + wf * x[None, :]
 
 
@@ -109,9 +114,9 @@ def stream_row(a_ptr, a_row, as_ptr, as_row, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n
                 acc3 = _mxfp4_fma(acc3, cur3, cs3, xe, xo, BN, BK)
         else:
             x = _row_x(a_ptr, a_row, as_ptr, as_row, k0 + tl.arange(0, BK), K, A_FP8, 1.0)
-            acc1 = _block_fma(acc1, cur1, cs1, x, W_FMT)
+            acc1 = _block_fma(acc1, cur1, cs1, x, W_FMT, BN, BK, WBLOCK_K)
             if GATED:
-                acc3 = _block_fma(acc3, cur3, cs3, x, W_FMT)
+                acc3 = _block_fma(acc3, cur3, cs3, x, W_FMT, BN, BK, WBLOCK_K)
     out1 = tl.sum(acc1, 1)
     out3 = out1
     if GATED:
@@ -120,11 +125,18 @@ def stream_row(a_ptr, a_row, as_ptr, as_row, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n
 
 
 def stream_k_tile(fmt_code: int, fp8_block_k: int | None) -> int:
-    """K tile of the streaming kernel for a weight format: MXFP4 256 (128 packed bytes a row), FP8 blocks
-    one scale block at most (128), plain 128."""
+    """K tile of the streaming kernel for a weight format (H200 sweep at V4-Flash decode shapes: wider
+    tiles put more bytes in flight; MXFP4 at 128 and FP8 at 64 were 1.3-1.8x slower than 256 / 128).
+    FP8 block sizes must be powers of two, so a tile covers whole blocks or sits inside one."""
     if fmt_code == 2:
-        return 256
-    return min(128, fp8_block_k) if fp8_block_k else 128
+        return STREAM_K_TILES["mxfp4"]
+    if fp8_block_k is not None:
+        assert fp8_block_k & (fp8_block_k - 1) == 0, f"FP8 block K {fp8_block_k} is not a power of two"
+        return STREAM_K_TILES["fp8_block"]
+    return STREAM_K_TILES["plain"]
+
+
+STREAM_K_TILES = {"mxfp4": 256, "fp8_block": 128, "plain": 128}
 
 
 __all__ = ["stream_k_tile", "stream_row"]
