@@ -223,6 +223,25 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
         tl.store(out_ptr + pairs[:, None] * stride_om + n[None, :], res.to(out_t), mask=row_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _combine_kernel(y_ptr, out_ptr, D, slots, TOP_K: tl.constexpr, HAS_SHARED: tl.constexpr,
+                    BLOCK_D: tl.constexpr):
+    """out[t] = (Σ_{j < TOP_K} y[t, j] in fp32, slot order) rounded to out's dtype, + the shared expert's
+    y[t, TOP_K] (a bf16 add, as the reference's): one launch for what took four torch kernels."""
+    t = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    ok = c < D
+    row = y_ptr + t * slots * D + c
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        acc += tl.load(row + j * D, mask=ok, other=0.0).to(tl.float32)
+    out_t = out_ptr.dtype.element_ty
+    res = acc.to(out_t)
+    if HAS_SHARED:
+        res = (res.to(tl.float32) + tl.load(row + TOP_K * D, mask=ok, other=0.0).to(tl.float32)).to(out_t)
+    tl.store(out_ptr + t * D + c, res, mask=ok)
+
+
 SMEM_MARGIN = 32 << 10  # what Triton adds to the pipelined tiles (H200, bf16 3-stage prefill config: 240 KB, 216 tiles)
 STREAM_MAX_TOKENS = 16  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
 
@@ -346,10 +365,10 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     y = torch.empty(t * slots, d, dtype=x.dtype, device=x.device)
     sh2 = (shared.w2, shared.w2) if shared is not None else None
     _grouped_gemm(a2, a2_s, y, align, route, slots, tiling, (routed.w2, routed.w2), sh2, False, limit)
-    y = y.view(t, slots, d)
-    k = topk_ids.shape[1]
-    out = y[:, :k].float().sum(1).to(x.dtype)
-    return out if shared is None else out + y[:, k]
+    out = torch.empty_like(x)
+    _combine_kernel[(t, triton.cdiv(d, 1024))](y, out, d, slots, TOP_K=topk_ids.shape[1],
+                                                HAS_SHARED=shared is not None, BLOCK_D=1024, num_warps=4)
+    return out
 
 
 __all__ = ["ExpertWeights", "MoEAlignment", "clamped_swiglu", "dense_expert", "fused_moe", "fused_moe_ref", "moe_align",
