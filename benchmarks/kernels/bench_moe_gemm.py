@@ -31,7 +31,7 @@ LINEARS = {  # name: (out, in, groups) — the block-FP8 projections of one V4-F
     "indexer_wq_b": (IDX_H * IDX_D, Q_LORA, 1),
 }
 TOKENS = (1, 8, 32, 128, 1024, 4096)
-MOE_BATCHES = (1, 8, 32, 128, 1024)
+MOE_BATCHES = (1, 8, 16, 32, 64, 128, 1024)
 
 
 def fp8_weight(n: int, k: int) -> QuantWeight:
@@ -107,7 +107,12 @@ def run_moe(results, bw, mm, batches):
                "fused_shared": roofline(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0, shared)), nbytes, flops,
                                         bw, mm),
                "unfused_shared_us": round(bench(unfused), 2),
-               "routed_only_us": round(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0)), 2)}
+               "routed_only_us": round(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0)), 2),
+               "gemm_form": "cuda-cores (moe_stream)" if t <= fm.STREAM_MAX_TOKENS else "tensor-cores"}
+        if t <= 128:  # the other GEMM form at the same size, for the crossover
+            other = t > fm.STREAM_MAX_TOKENS
+            assert_close(fm.fused_moe(x, w, ids, routed, 10.0, shared, stream=other), ref, 2e-2, f"moe t={t}")
+            row["other_form_us"] = round(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0, shared, stream=other)), 2)
         if t <= 32:
             row["torch_ref_us"] = round(bench(lambda: fm.fused_moe_ref(x, w, ids, routed, 10.0, shared),
                                               graph=False), 1)

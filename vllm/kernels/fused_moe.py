@@ -23,7 +23,7 @@ from vllm.kernels._triton import dot_precision, launch_first_fitting, max_shared
 from vllm.kernels.act_quant import act_quant_fp8
 from vllm.kernels.moe_stream import stream_k_tile, stream_row
 from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, MXFP4, QuantWeight, _accumulate, compute_dtype,
-                                     linear_ref, mxfp4_scaled_dot)
+                                     linear, linear_ref, mxfp4_scaled_dot)
 
 
 class ExpertWeights(NamedTuple):
@@ -243,7 +243,7 @@ def _combine_kernel(y_ptr, out_ptr, D, slots, TOP_K: tl.constexpr, HAS_SHARED: t
 
 
 SMEM_MARGIN = 32 << 10  # what Triton adds to the pipelined tiles (H200, bf16 3-stage prefill config: 240 KB, 216 tiles)
-STREAM_MAX_TOKENS = 16  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
+STREAM_MAX_TOKENS = 64  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
 
 
 class MoETiling(NamedTuple):
@@ -337,13 +337,19 @@ def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None)
 def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, routed: ExpertWeights,
               limit: float, shared: ExpertWeights | None = None, *, stream: bool | None = None) -> torch.Tensor:
     """Triton `fused_moe_ref` (same arguments). Routed weights stacked `[E, ...]`; `shared` (2-D
-    weights) runs in the same launches as expert id E with weight 1. `stream` forces the CUDA-core
-    streaming GEMM on or off (default: by token count, `_moe_config`)."""
+    weights) runs in the same launches as expert id E with weight 1 (on the streaming GEMM only for one
+    token: beyond, it runs on its own linears). `stream` forces the CUDA-core streaming GEMM on or
+    off (default: by token count, `_moe_config`)."""
     _check(x, routed, shared)
     t, d = x.shape
     if t == 0:
         return torch.empty_like(x)
     num_experts = routed.w1.weight.shape[0]
+    if shared is not None and t > 1 and (stream if stream is not None else t <= STREAM_MAX_TOKENS):
+        # streaming blocks hold one row: fused, every token would re-read and re-decode the shared
+        # weight (H200, T = 8..64: 4-12% slower than the shared expert on its own linears)
+        return fused_moe(x, topk_weights, topk_ids, routed, limit, stream=stream) + dense_expert(x, shared, limit,
+                                                                                                 linear)
     ids, weights = topk_ids, topk_weights.float()
     if shared is not None:
         ids = torch.cat([ids, torch.full((t, 1), num_experts, dtype=ids.dtype, device=x.device)], 1)
