@@ -13,12 +13,8 @@ import argparse
 import inspect
 import json
 import os
-import subprocess
-import tempfile
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from cubin_resources import kernel_resources  # tools/ (run as a script)
 
 from vllm.kernels import sparse_attn as sa
 from vllm.kernels.fp8_ds_mla import Fp8DsMlaLayout
@@ -46,23 +42,8 @@ def arg_type(name: str, fp8: bool) -> str:
 def resources(fp8: bool, cfg: dict, arch: int) -> dict:
     names = list(inspect.signature(sa._sparse_attn_kernel.fn).parameters)
     cons = constexprs(fp8, cfg)
-    sig = {n: "constexpr" if n in cons else arg_type(n, fp8) for n in names}
-    # every runtime integer and pointer of a real launch is a multiple of 16 (strides, lengths, page sizes)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n not in cons and n != "scale"}
-    src = ASTSource(fn=sa._sparse_attn_kernel, signature=sig, attrs=attrs,
-                    constexprs={(names.index(k),): v for k, v in cons.items()})
-    k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                       options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(k.asm["cubin"])
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        report = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True,
-                                check=True).stdout
-    fields = dict(f.split(":") for f in next(line for line in report.splitlines() if "REG:" in line).split()
-                  if ":" in f)
-    return {"registers": int(fields["REG"]), "stack_bytes": int(fields["STACK"]), "shared_bytes": k.metadata.shared}
+    return kernel_resources(sa._sparse_attn_kernel, {n: arg_type(n, fp8) for n in names if n not in cons}, cons,
+                            arch, cfg["num_warps"], cfg["num_stages"], not_divisible=("scale",))
 
 
 def main():

@@ -145,7 +145,8 @@ CASES = {  # name: (tokens, experts, top_k, hidden, intermediate)
 
 @pytest.mark.parametrize("routed_fmt,shared_fmt", [(PLAIN, PLAIN), (MXFP4, FP8_BLOCK), (FP8_BLOCK, FP8_BLOCK),
                                                    (MXFP4, None)])
-@pytest.mark.parametrize("case,stream", [(c, s) for s in (True, False) for c in CASES if not (s and c == "many-tokens")],
+@pytest.mark.parametrize("case,stream", [(c, s) for s in (True, False) for c in CASES
+                                         if not (s and c == "many-tokens")],
                          ids=lambda v: v if isinstance(v, str) else "cuda-cores" if v else "tensor-cores")
 def test_fused_moe_matches_reference(routed_fmt, shared_fmt, case, stream):
     """Shared expert fused as an extra expert, in its own format (V4: FP8 shared, MXFP4 routed); both

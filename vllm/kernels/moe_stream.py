@@ -2,12 +2,12 @@
 
 At decode an expert sees one to a few rows, so a tensor-core tile of 16+ rows is mostly padding and
 the MXFP4 weight must travel registers -> shared memory -> MMA layout for nothing: `tl.dot_scaled`
-streamed the decode-shape weights at ~1.0 TB/s on an H200, this kernel at ~1.5 (read ceiling 3.6;
-`scratch/moe_stream.py`). Each program takes one single-row expert block and a BN-wide tile of the
-output features and walks K: every weight element is decoded into fp32 and multiplied into the row
-with an FMA, partial products kept per K column and summed once at the end. (Blocks of 2-4 rows, a
-3-D accumulator, measured slower at every batch: Triton moved the tiles between layouts through
-shared memory each K step.)
+streamed the decode-shape weights at ~1.0 TB/s on an H200, this form at ~1.5 (read ceiling 3.6;
+benchmarks/results/h200_mxfp4_stream_forms.json). Each program takes one single-row expert block
+and a BN-wide tile of the output features and walks K: every weight element is decoded into fp32
+and multiplied into the row with an FMA, partial products kept per K column and summed once at
+the end. (Blocks of 2-4 rows, a 3-D accumulator, measured slower at every batch: Triton moved the
+tiles between layouts through shared memory each K step.)
 
 MXFP4 decode with no lookup: a nibble's magnitude bits (e1 e0 m) shifted to fp32 bits 24..22 and
 its sign to bit 31 read as an fp32 of 2^-126 times the e2m1 value (e = 0 lands on the subnormal
