@@ -262,8 +262,8 @@ def _moe_config(tokens: int, pairs: int, experts: int, fp32: bool, a_bytes: floa
                 smem: int, stream: bool | None = None) -> MoETiling:
     """Up to STREAM_MAX_TOKENS tokens an expert sees about one row: the streaming kernel, one-row blocks
     (an H200 sweep at V4-Flash shapes). Beyond, tensor-core tiles: few rows per expert -> 16-row blocks
-    streaming weights with narrow N tiles; many -> 64-row blocks (neither 256-wide K tiles nor 1-row
-    blocks on the CUDA cores did better there). fp32 operands (two accumulations for gate/up) take
+    streaming weights with narrow N tiles; many -> 64-row blocks (256-wide K tiles did no better; the
+    streaming form lost at 128 tokens, 6456 against 4231 us). fp32 operands (two accumulations for gate/up) take
     half the K tile and two stages. Stages then drop until a stage's tiles (A, and gate and up of the
     routed and the shared weights, at `a_bytes` / `w_bytes` an element as stored) fit `smem`: bf16
     weights at 3 stages overflow Hopper, most configs SM12x. (The streaming kernel's K tile follows
