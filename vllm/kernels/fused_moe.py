@@ -152,23 +152,26 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlig
 
 
 @triton.jit
-def _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K, stride_wn,
-                 stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
+def _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K,
+                 stride_wn, stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, WBLOCK_N: tl.constexpr,
                  WBLOCK_K: tl.constexpr, COMPUTE: tl.constexpr, PRECISION: tl.constexpr,
                  SCALED_DOT: tl.constexpr, EVEN_K: tl.constexpr, STREAM: tl.constexpr):
-    """(A w1^T, A w3^T) for GATED (gate and up in one K loop), else (A w1^T, unused). STREAM: on the
-    CUDA cores (moe_stream), else on the tensor cores."""
-    if STREAM:  # one-row blocks: the row's offsets as scalars (a block that exists has its row)
-        out1, out3 = stream_row(a_ptr, tl.max(a_rows, 0), as_ptr, tl.max(as_rows, 0), w1_ptr, ws1_ptr, w3_ptr,
+    """(A w1^T, A w3^T) for GATED (gate and up in one K loop), else (A w1^T, unused); `arow`: the rows of
+    A. STREAM: on the CUDA cores (moe_stream), else on the tensor cores."""
+    if STREAM:  # one-row blocks (a block that exists has its row): the row as a scalar, times the stride
+        # after the reduction, so the compiler still knows the offset's alignment (whole-vector loads)
+        r = tl.max(arow, 0)
+        out1, out3 = stream_row(a_ptr, r * stride_am, as_ptr, r * stride_asm, w1_ptr, ws1_ptr, w3_ptr,
                                 ws3_ptr, n, n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BN, BK,
-                                WBLOCK_N, WBLOCK_K)
+                                WBLOCK_N, WBLOCK_K, EVEN_K)
         acc1, acc3 = out1[None, :], out3[None, :]
     else:
         acc = tl.zeros((BM, BN), dtype=tl.float32)
-        acc1, acc3 = _accumulate(acc, acc, a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr,
-                                 n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk, W_FMT, A_FP8, BK, WBLOCK_N,
-                                 WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT, DUAL=GATED, EVEN_K=EVEN_K)
+        acc1, acc3 = _accumulate(acc, acc, a_ptr, arow * stride_am, row_ok, as_ptr, arow * stride_asm, w1_ptr,
+                                 ws1_ptr, w3_ptr, ws3_ptr, n, n, n_ok, 0, K, K, stride_wn, stride_wsn, stride_wsk,
+                                 W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT,
+                                 DUAL=GATED, EVEN_K=EVEN_K)
     return acc1, acc3
 
 
@@ -192,24 +195,23 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
         pairs = tl.load(pairs_ptr + pid_m * BM + tl.arange(0, BM)).to(tl.int64)
         row_ok = pairs >= 0
         arow = pairs // slots if A_BY_TOKEN else pairs
-        a_rows, as_rows = arow * stride_am, arow * stride_asm
         n = pid_n * BN + tl.arange(0, BN)
         n_ok = n < N
         e = expert.to(tl.int64)
         if HAS_SHARED:
             if expert == shared_id:
-                acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, s1_ptr, ss1_ptr, s3_ptr, ss3_ptr,
-                                          n, n_ok, K, stride_sn, stride_ssn, stride_ssk, GATED, S_FMT, A_FP8, BM,
-                                          BN, S_BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, S_SCALED_DOT, S_EVEN_K,
-                                          STREAM)
+                acc1, acc3 = _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, s1_ptr, ss1_ptr,
+                                          s3_ptr, ss3_ptr, n, n_ok, K, stride_sn, stride_ssn, stride_ssk, GATED,
+                                          S_FMT, A_FP8, BM, BN, S_BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION,
+                                          S_SCALED_DOT, S_EVEN_K, STREAM)
             else:
-                acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
+                acc1, acc3 = _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, w1_ptr + e * stride_we,
                                           ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse,
                                           n, n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM,
                                           BN, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K,
                                           STREAM)
         else:
-            acc1, acc3 = _expert_tile(a_ptr, a_rows, row_ok, as_ptr, as_rows, w1_ptr + e * stride_we,
+            acc1, acc3 = _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, w1_ptr + e * stride_we,
                                       ws1_ptr + e * stride_wse, w3_ptr + e * stride_we, ws3_ptr + e * stride_wse, n,
                                       n_ok, K, stride_wn, stride_wsn, stride_wsk, GATED, W_FMT, A_FP8, BM, BN, BK,
                                       WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT, EVEN_K, STREAM)

@@ -25,37 +25,41 @@ TWO_POW_63 = tl.constexpr(2.0**63) if HAS_TRITON else None
 
 
 @triton.jit
-def _row_x(a_ptr, a_row, as_ptr, as_row, k, K, A_FP8: tl.constexpr, PRESCALE: tl.constexpr):
+def _row_x(a_ptr, a_row, as_ptr, as_row, k, K, A_FP8: tl.constexpr, PRESCALE: tl.constexpr,
+           EVEN_K: tl.constexpr):
     """fp32 activations of one row at columns k (FP8: times their per-128 scale), times PRESCALE."""
-    x = tl.load(a_ptr + a_row + k, mask=k < K, other=0.0).to(tl.float32)
+    ok = (k < K) | EVEN_K
+    x = tl.load(a_ptr + a_row + k, mask=ok, other=0.0).to(tl.float32)
     if A_FP8:
-        x *= tl.load(as_ptr + as_row + k // 128, mask=k < K, other=0.0)
+        x *= tl.load(as_ptr + as_row + k // 128, mask=ok, other=0.0)
     return x * PRESCALE
 
 
 @triton.jit
 def _load_tile(w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr,
-               BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr):
+               BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """One K tile of weight rows `n` as stored, and its scales (zeros past K). MXFP4: packed bytes
     `[BN, BK/2]` and scale bytes `[BN, BK/32]`; FP8 blocks: `[BN, BK]` e4m3 and the scale bytes of the K
     blocks it covers `[BN, max(1, BK/WBLOCK_K)]` (a tile shorter than a block sits inside one);
-    plain: `[BN, BK]` and unused scales."""
+    plain: `[BN, BK]` and unused scales. EVEN_K (K a multiple of BK, k0 inside K): no K mask, so the
+    loads stay whole vectors (a per-element K mask compiled to one predicated byte load per byte)."""
     if W_FMT == 2:
         kc = k0 // 2 + tl.arange(0, BK // 2)
         g = k0 // 32 + tl.arange(0, BK // 32)
-        w = tl.load(w_ptr + n[:, None] * stride_wn + kc[None, :], mask=n_ok[:, None] & (kc < K // 2)[None, :],
-                    other=0)
-        s = tl.load(ws_ptr + n[:, None] * stride_wsn + g[None, :], mask=n_ok[:, None] & (g < K // 32)[None, :],
-                    other=0)
+        w = tl.load(w_ptr + n[:, None] * stride_wn + kc[None, :],
+                    mask=n_ok[:, None] & ((kc < K // 2) | EVEN_K)[None, :], other=0)
+        s = tl.load(ws_ptr + n[:, None] * stride_wsn + g[None, :],
+                    mask=n_ok[:, None] & ((g < K // 32) | EVEN_K)[None, :], other=0)
     else:
         k = k0 + tl.arange(0, BK)
-        w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0.0)
+        w = tl.load(w_ptr + n[:, None] * stride_wn + k[None, :], mask=n_ok[:, None] & ((k < K) | EVEN_K)[None, :],
+                    other=0.0)
         s = w  # (plain: no scales)
         if W_FMT == 1:  # the scale bytes of the tile's K blocks
             SB: tl.constexpr = BK // WBLOCK_K if BK > WBLOCK_K else 1
             kb = k0 // WBLOCK_K + tl.arange(0, SB)
             s = tl.load(ws_ptr + (n // WBLOCK_N)[:, None] * stride_wsn + kb[None, :] * stride_wsk,
-                        mask=n_ok[:, None] & (kb * WBLOCK_K < K)[None, :], other=0)
+                        mask=n_ok[:, None] & ((kb * WBLOCK_K < K) | EVEN_K)[None, :], other=0)
     return w, s
 
 
@@ -85,35 +89,38 @@ def _block_fma(acc, w, s, x, W_FMT: tl.constexpr, BN: tl.constexpr, BK: tl.const
 @triton.jit
 def stream_row(a_ptr, a_row, as_ptr, as_row, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K, stride_wn, stride_wsn,
                stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr, BN: tl.constexpr,
-               BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr):
+               BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """(a w1^T, a w3^T) `[BN]` fp32 for the row of A at element offset `a_row` (GATED: gate and up in
     one K loop; else (a w1^T, the same)). W (and scales) already offset to the expert. The next K
-    tile's weights are requested before this one's arithmetic (twice the bytes in flight)."""
+    tile's weights are requested before this one's arithmetic (twice the bytes in flight); with
+    EVEN_K the last tile's prefetch re-reads the last tile instead of masking past K."""
     W: tl.constexpr = BK // 2 if W_FMT == 2 else BK  # MXFP4: even and odd columns side by side
     acc1 = tl.zeros([BN, W], dtype=tl.float32)
     acc3 = tl.zeros([BN, W], dtype=tl.float32)
     w1, s1 = _load_tile(w1_ptr, ws1_ptr, n, n_ok, 0, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK, WBLOCK_N,
-                        WBLOCK_K)
+                        WBLOCK_K, EVEN_K)
     w3, s3 = w1, s1
     if GATED:
         w3, s3 = _load_tile(w3_ptr, ws3_ptr, n, n_ok, 0, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
-                            WBLOCK_N, WBLOCK_K)
+                            WBLOCK_N, WBLOCK_K, EVEN_K)
     for k0 in range(0, K, BK):
         cur1, cs1, cur3, cs3 = w1, s1, w3, s3
-        w1, s1 = _load_tile(w1_ptr, ws1_ptr, n, n_ok, k0 + BK, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
-                            WBLOCK_N, WBLOCK_K)
+        k_next = k0 + BK
+        if EVEN_K:  # (a multiple of BK either way: whole-vector loads)
+            k_next = tl.multiple_of(tl.minimum(k_next, K - BK), BK)
+        w1, s1 = _load_tile(w1_ptr, ws1_ptr, n, n_ok, k_next, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
+                            WBLOCK_N, WBLOCK_K, EVEN_K)
         if GATED:
-            w3, s3 = _load_tile(w3_ptr, ws3_ptr, n, n_ok, k0 + BK, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
-                                WBLOCK_N, WBLOCK_K)
+            w3, s3 = _load_tile(w3_ptr, ws3_ptr, n, n_ok, k_next, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK,
+                                WBLOCK_N, WBLOCK_K, EVEN_K)
         if W_FMT == 2:
-            kc = k0 // 2 + tl.arange(0, W)
-            xe = _row_x(a_ptr, a_row, as_ptr, as_row, 2 * kc, K, A_FP8, TWO_POW_63)
-            xo = _row_x(a_ptr, a_row, as_ptr, as_row, 2 * kc + 1, K, A_FP8, TWO_POW_63)
+            x = _row_x(a_ptr, a_row, as_ptr, as_row, k0 + tl.arange(0, BK), K, A_FP8, TWO_POW_63, EVEN_K)
+            xe, xo = tl.split(tl.reshape(x, (W, 2)))  # one contiguous load, then even and odd k
             acc1 = _mxfp4_fma(acc1, cur1, cs1, xe, xo, BN, BK)
             if GATED:
                 acc3 = _mxfp4_fma(acc3, cur3, cs3, xe, xo, BN, BK)
         else:
-            x = _row_x(a_ptr, a_row, as_ptr, as_row, k0 + tl.arange(0, BK), K, A_FP8, 1.0)
+            x = _row_x(a_ptr, a_row, as_ptr, as_row, k0 + tl.arange(0, BK), K, A_FP8, 1.0, EVEN_K)
             acc1 = _block_fma(acc1, cur1, cs1, x, W_FMT, BN, BK, WBLOCK_K)
             if GATED:
                 acc3 = _block_fma(acc3, cur3, cs3, x, W_FMT, BN, BK, WBLOCK_K)
