@@ -248,6 +248,11 @@ SMEM_MARGIN = 32 << 10  # what Triton adds to the pipelined tiles (H200, bf16 3-
 STREAM_MAX_TOKENS = 64  # up to here the CUDA-core streaming GEMM (moe_stream) beats the tensor-core tiles
 
 
+def _use_stream(tokens: int, stream: bool | None) -> bool:
+    """The GEMM form: `stream` when forced, else the streaming one up to STREAM_MAX_TOKENS tokens."""
+    return tokens <= STREAM_MAX_TOKENS if stream is None else stream
+
+
 class MoETiling(NamedTuple):
     """Launch shape of both grouped GEMMs: rows per expert block, N and K tiles, warps, pipeline stages,
     and whether the blocks run on the CUDA cores (`stream`, decode) or the tensor cores."""
@@ -270,7 +275,7 @@ def _moe_config(tokens: int, pairs: int, experts: int, fp32: bool, a_bytes: floa
     routed and the shared weights, at `a_bytes` / `w_bytes` an element as stored) fit `smem`: bf16
     weights at 3 stages overflow Hopper, most configs SM12x. (The streaming kernel's K tile follows
     each weight format: `stream_k_tile`.) `stream` forces the choice (tests, benchmarks)."""
-    if stream if stream is not None else tokens <= STREAM_MAX_TOKENS:
+    if _use_stream(tokens, stream):
         return MoETiling(1, 16, 0, 4, 1, stream=True)
     bm, bn, bk, warps, stages = (16, 64, 128, 4, 4) if pairs <= 4 * experts else (64, 128, 64, 8, 3)
     if fp32:
@@ -347,7 +352,8 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     if t == 0:
         return torch.empty_like(x)
     num_experts = routed.w1.weight.shape[0]
-    if shared is not None and t > 1 and (stream if stream is not None else t <= STREAM_MAX_TOKENS):
+    stream = _use_stream(t, stream)
+    if shared is not None and t > 1 and stream:
         # streaming blocks hold one row: fused, every token would re-read and re-decode the shared
         # weight (H200, T = 8..64: 4-12% slower than the shared expert on its own linears)
         return fused_moe(x, topk_weights, topk_ids, routed, limit, stream=stream) + dense_expert(x, shared, limit,
