@@ -98,15 +98,11 @@ def run_moe(results, bw, mm, batches):
         nbytes = touched * per_expert + shared_bytes + 2 * t * D * 2
         flops = 2 * t * (TOP_K + 1) * 3 * D * INTER
 
-        def unfused():
-            out = fm.fused_moe(x, w, ids, routed, 10.0)
-            h = fm.clamped_swiglu(linear(x, shared.w1).float(), linear(x, shared.w3).float(), 10.0)
-            return out + linear(h.to(x.dtype), shared.w2)
-
         row = {"op": "fused_moe", "tokens": t, "experts_touched": touched,
                "fused_shared": roofline(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0, shared)), nbytes, flops,
                                         bw, mm),
-               "unfused_shared_us": round(bench(unfused), 2),
+               "unfused_shared_us": round(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0, shared,
+                                                                     fuse_shared=False)), 2),
                "routed_only_us": round(bench(lambda: fm.fused_moe(x, w, ids, routed, 10.0)), 2),
                "gemm_form": "cuda-cores (moe_stream)" if t <= fm.STREAM_MAX_TOKENS else "tensor-cores"}
         if t <= 128:  # the other GEMM form at the same size, for the crossover

@@ -342,20 +342,21 @@ def _check(x: torch.Tensor, routed: ExpertWeights, shared: ExpertWeights | None)
 
 
 def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, routed: ExpertWeights,
-              limit: float, shared: ExpertWeights | None = None, *, stream: bool | None = None) -> torch.Tensor:
+              limit: float, shared: ExpertWeights | None = None, *, stream: bool | None = None,
+              fuse_shared: bool | None = None) -> torch.Tensor:
     """Triton `fused_moe_ref` (same arguments). Routed weights stacked `[E, ...]`; `shared` (2-D
-    weights) runs in the same launches as expert id E with weight 1 (on the streaming GEMM only for one
-    token: beyond, it runs on its own linears). `stream` forces the CUDA-core streaming GEMM on or
-    off (default: by token count, `_moe_config`)."""
+    weights) runs in the same launches as expert id E with weight 1, or beside them on its own linears:
+    `fuse_shared` forces either, by default it is fused except on the streaming GEMM above one token.
+    `stream` forces the CUDA-core streaming GEMM on or off (default: by token count, `_moe_config`)."""
     _check(x, routed, shared)
     t, d = x.shape
     if t == 0:
         return torch.empty_like(x)
     num_experts = routed.w1.weight.shape[0]
     stream = _use_stream(t, stream)
-    if shared is not None and t > 1 and stream:
-        # streaming blocks hold one row: fused, every token would re-read and re-decode the shared
-        # weight (H200, T = 8..64: 4-12% slower than the shared expert on its own linears)
+    if fuse_shared is None:  # streaming blocks hold one row: fused, every token would re-read and re-decode
+        fuse_shared = not (stream and t > 1)  # the shared weight (H200, T = 8..64: 4-12% slower than beside)
+    if shared is not None and not fuse_shared:
         return fused_moe(x, topk_weights, topk_ids, routed, limit, stream=stream) + dense_expert(x, shared, limit,
                                                                                                  linear)
     ids, weights = topk_ids, topk_weights.float()

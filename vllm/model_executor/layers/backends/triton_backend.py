@@ -19,10 +19,8 @@ class TritonMoEGemmBackend(MoEGemmBackend):
         return quant_gemm.linear(x, w, groups)
 
     def moe(self, x, topk_weights, topk_ids, routed, shared, limit):
-        if shared is None or self.fuse_shared_experts:
-            return fused_moe.fused_moe(x, topk_weights, topk_ids, routed, limit, shared)
-        out = fused_moe.fused_moe(x, topk_weights, topk_ids, routed, limit)
-        return out + fused_moe.dense_expert(x, shared, limit, quant_gemm.linear)
+        return fused_moe.fused_moe(x, topk_weights, topk_ids, routed, limit, shared,
+                                   fuse_shared=None if self.fuse_shared_experts else False)
 
     def router(self, x, weight, bias, tid2eid, input_ids, *, top_k, score_func, renormalize, scaling):
         return moe_router.router(x, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,
