@@ -28,7 +28,7 @@ def resources(tokens: int, gate_up: bool, arch: int) -> dict:
                             232448)
     bm, bn, bk, warps, stages, stream = tiling
     if stream:
-        bk, s_bk = stream_k_tile(_FMT_CODE[MXFP4], None), stream_k_tile(_FMT_CODE[FP8_BLOCK], 128)
+        bk, s_bk = stream_k_tile(_FMT_CODE[MXFP4], 128), stream_k_tile(_FMT_CODE[FP8_BLOCK], 128)
     else:
         bk = s_bk = min(bk, 128)
     k = D if gate_up else INTER

@@ -309,8 +309,7 @@ def _grouped_gemm(a, a_s, out, align, route, slots, tiling: MoETiling, routed, s
     ss1, _, ssn, ssk = _scales(s1)
     blk = (s1 if s1.fmt == FP8_BLOCK else r1).block  # the FP8 weight's blocks (formats may mix)
     if stream:  # each format its own K tile
-        bk = stream_k_tile(_FMT_CODE[r1.fmt], blk[1] if r1.fmt == FP8_BLOCK else None)
-        s_bk = stream_k_tile(_FMT_CODE[s1.fmt], blk[1] if s1.fmt == FP8_BLOCK else None)
+        bk, s_bk = stream_k_tile(_FMT_CODE[r1.fmt], blk[1]), stream_k_tile(_FMT_CODE[s1.fmt], blk[1])
     else:
         if FP8_BLOCK in (r1.fmt, s1.fmt):
             bk = min(bk, blk[1])  # an FP8 K tile stays inside one scale block

@@ -131,13 +131,14 @@ def stream_row(a_ptr, a_row, as_ptr, as_row, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n
     return out1, out3
 
 
-def stream_k_tile(fmt_code: int, fp8_block_k: int | None) -> int:
+def stream_k_tile(fmt_code: int, fp8_block_k: int) -> int:
     """K tile of the streaming kernel for a weight format (H200 sweep at V4-Flash decode shapes: wider
     tiles put more bytes in flight; MXFP4 at 128 and FP8 at 64 were 1.3-1.8x slower than 256 / 128).
-    FP8 block sizes must be powers of two, so a tile covers whole blocks or sits inside one."""
+    `fp8_block_k` (read for FP8 blocks only) must be a power of two, so a tile covers whole blocks or
+    sits inside one."""
     if fmt_code == 2:
         return STREAM_K_TILES["mxfp4"]
-    if fp8_block_k is not None:
+    if fmt_code == 1:
         assert fp8_block_k & (fp8_block_k - 1) == 0, f"FP8 block K {fp8_block_k} is not a power of two"
         return STREAM_K_TILES["fp8_block"]
     return STREAM_K_TILES["plain"]
