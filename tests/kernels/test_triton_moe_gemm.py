@@ -111,17 +111,19 @@ def test_moe_align_groups_pairs_by_expert(align):
     _check_alignment(align(ids, num_experts=5, block_m=2), ids, 5, 2)  # expert 4 has no block
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["routed", "with-shared"])
 @pytest.mark.parametrize("case", ["many-chunks", "one-expert", "one-pair"])
-def test_moe_align_kernel_layout_matches_reference(case):
+def test_moe_align_kernel_layout_matches_reference(case, shared):
     """Several 1024-pair chunks, every pair on one expert (others empty), a single pair: the same
     block layout as the reference, the same pairs per expert and rows per block (which of an
-    expert's blocks a pair lands in is arbitrary)."""
+    expert's blocks a pair lands in is arbitrary). With the shared expert: its pairs (slot k of
+    every token, expert e) made in the kernels, as if the column were in topk_ids."""
     g = _gen(3)
     e, bm = 257, 16
     ids = {"many-chunks": torch.randint(0, e, (700, 7), generator=g), "one-expert": torch.full((300, 1), 5),
            "one-pair": torch.tensor([[e - 1]])}[case].to(DEV, torch.int32)
-    al, ref = fm.moe_align(ids, e, bm), fm.moe_align_ref(ids, e, bm)
-    _check_alignment(al, ids, e, bm)
+    al, ref = fm.moe_align(ids, e, bm, shared), fm.moe_align_ref(ids, e, bm, shared)
+    _check_alignment(al, fm._with_shared(ids, e) if shared else ids, e + shared, bm)
     assert torch.equal(al.block_expert, ref.block_expert)
     rows, rows_ref = al.sorted_pairs.view(-1, bm), ref.sorted_pairs.view(-1, bm)
     assert torch.equal((rows >= 0).sum(1), (rows_ref >= 0).sum(1))

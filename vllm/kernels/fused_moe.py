@@ -78,8 +78,17 @@ def _max_blocks(pairs: int, num_experts: int, block_m: int) -> int:
     return -(-pairs // block_m) + min(pairs, num_experts)
 
 
-def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlignment:
-    """Group the pairs by expert into block_m-row blocks (torch ops, stable order within an expert)."""
+def _with_shared(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """topk_ids with the shared expert (id num_experts) appended to every token: `[T, k + 1]`."""
+    return torch.cat([topk_ids, torch.full_like(topk_ids[:, :1], num_experts)], 1)
+
+
+def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int, shared_expert: bool = False) -> MoEAlignment:
+    """Group the pairs by expert into block_m-row blocks (torch ops, stable order within an expert).
+    `shared_expert`: every token has one more pair, slot k, on expert num_experts (the shared expert,
+    always selected), as if topk_ids had that column; the layout then covers num_experts + 1 experts."""
+    if shared_expert:
+        topk_ids, num_experts = _with_shared(topk_ids, num_experts), num_experts + 1
     flat = topk_ids.flatten().long()
     p = flat.numel()
     max_blocks = _max_blocks(p, num_experts, block_m)
@@ -101,15 +110,27 @@ def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoE
 
 
 @triton.jit
-def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, E, max_blocks, block_m,
-                         NB: tl.constexpr, CHUNK: tl.constexpr, BB: tl.constexpr):
+def _pair_expert(ids_ptr, pair, ok, k, shared_id, SHARED: tl.constexpr):
+    """The expert of each pair: topk_ids flat, or with SHARED `[T, k + 1]` pairs whose slot k is the
+    shared expert `shared_id` (not stored in topk_ids)."""
+    if SHARED:
+        slot = pair % (k + 1)
+        routed = ok & (slot < k)
+        e = tl.load(ids_ptr + (pair // (k + 1)) * k + slot, mask=routed, other=0).to(tl.int32)
+        return tl.where(routed, e, shared_id)
+    return tl.load(ids_ptr + pair, mask=ok, other=0).to(tl.int32)
+
+
+@triton.jit
+def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, k, E, max_blocks, block_m,
+                         SHARED: tl.constexpr, NB: tl.constexpr, CHUNK: tl.constexpr, BB: tl.constexpr):
     """One program: expert histogram, each expert's first block (its row cursor for the scatter),
-    the expert of every block, and -1 in every row."""
+    the expert of every block, and -1 in every row. (E counts the shared expert, the last, if SHARED.)"""
     counts = tl.zeros((NB,), dtype=tl.int32)
     for p0 in range(0, P, CHUNK):
         offs = p0 + tl.arange(0, CHUNK)
         ok = offs < P
-        counts += tl.histogram(tl.load(ids_ptr + offs, mask=ok, other=0).to(tl.int32), NB, mask=ok)
+        counts += tl.histogram(_pair_expert(ids_ptr, offs, ok, k, E - 1, SHARED), NB, mask=ok)
     blocks = (counts + block_m - 1) // block_m
     end = tl.cumsum(blocks, 0)  # bins past E hold no pairs: their end is the total
     bins = tl.arange(0, NB)
@@ -124,30 +145,35 @@ def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, E
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, P, CHUNK: tl.constexpr):
+def _align_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, P, k, E, SHARED: tl.constexpr, CHUNK: tl.constexpr):
     """Each pair takes the next row of its expert (atomic cursor): order within an expert is
     arbitrary, which no result depends on (rows are computed independently, slots summed in order)."""
     offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
     ok = offs < P
-    e = tl.load(ids_ptr + offs, mask=ok, other=0).to(tl.int32)
+    e = _pair_expert(ids_ptr, offs, ok, k, E - 1, SHARED)
     row = tl.atomic_add(cursor_ptr + e, 1, mask=ok)
     tl.store(sorted_ptr + row, offs.to(tl.int32), mask=ok)
 
 
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> MoEAlignment:
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, shared_expert: bool = False) -> MoEAlignment:
     """Triton `moe_align_ref` in two launches (layout, then scatter), graph-capturable; the rows of
-    an expert may come in any order."""
+    an expert may come in any order. The shared expert's pairs are made in the kernels (no copy of
+    topk_ids with its column)."""
+    assert topk_ids.dim() == 2 and topk_ids.is_contiguous() and not topk_ids.is_floating_point(), \
+        "topk_ids must be a contiguous integer [T, k]"
     flat = topk_ids.flatten()
-    assert flat.is_contiguous() and not flat.is_floating_point(), "topk_ids must be a contiguous integer tensor"
-    p = flat.numel()
+    k = topk_ids.shape[1]
+    num_experts += shared_expert
+    p = topk_ids.shape[0] * (k + shared_expert)
     max_blocks = _max_blocks(p, num_experts, block_m)
     cursor = torch.empty(num_experts, dtype=torch.int32, device=flat.device)
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=flat.device)
     sorted_pairs = torch.empty(max_blocks * block_m, dtype=torch.int32, device=flat.device)
     if max_blocks:
-        _align_layout_kernel[(1,)](flat, cursor, block_expert, sorted_pairs, p, num_experts, max_blocks, block_m,
-                                   NB=next_pow2(num_experts), CHUNK=1024, BB=16, num_warps=8)
-        _align_scatter_kernel[(triton.cdiv(p, 1024),)](flat, cursor, sorted_pairs, p, CHUNK=1024, num_warps=4)
+        _align_layout_kernel[(1,)](flat, cursor, block_expert, sorted_pairs, p, k, num_experts, max_blocks, block_m,
+                                   SHARED=shared_expert, NB=next_pow2(num_experts), CHUNK=1024, BB=16, num_warps=8)
+        _align_scatter_kernel[(triton.cdiv(p, 1024),)](flat, cursor, sorted_pairs, p, k, num_experts,
+                                                       SHARED=shared_expert, CHUNK=1024, num_warps=4)
     return MoEAlignment(sorted_pairs, block_expert)
 
 
@@ -173,6 +199,18 @@ def _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, w1_ptr, ws1
                                  W_FMT, A_FP8, BK, WBLOCK_N, WBLOCK_K, COMPUTE, PRECISION, SCALED_DOT=SCALED_DOT,
                                  DUAL=GATED, EVEN_K=EVEN_K)
     return acc1, acc3
+
+
+@triton.jit
+def _route_weight(route_ptr, pairs, row_ok, slots, HAS_SHARED: tl.constexpr):
+    """Routing weight of each pair (`route` `[T, k]`); with HAS_SHARED a token's pairs are its k routed
+    slots and then the shared expert's, whose weight 1 is not stored."""
+    if HAS_SHARED:
+        slot = pairs % slots
+        routed = row_ok & (slot < slots - 1)
+        w = tl.load(route_ptr + (pairs // slots) * (slots - 1) + slot, mask=routed, other=0.0)
+        return tl.where(routed, w, 1.0)
+    return tl.load(route_ptr + pairs, mask=row_ok, other=0.0)
 
 
 @triton.jit
@@ -220,7 +258,7 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
         if GATED:  # gate/up rounded to the activation dtype first, as the reference's projections return it
             g = tl.minimum(acc1.to(out_t).to(tl.float32), limit)
             u = tl.minimum(tl.maximum(acc3.to(out_t).to(tl.float32), -limit), limit)
-            w = tl.load(route_ptr + pairs, mask=row_ok, other=0.0)
+            w = _route_weight(route_ptr, pairs, row_ok, slots, HAS_SHARED)
             res = g / (1.0 + tl.exp(-g)) * u * w[:, None]
         tl.store(out_ptr + pairs[:, None] * stride_om + n[None, :], res.to(out_t), mask=row_ok[:, None] & n_ok[None, :])
 
@@ -358,18 +396,14 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     if shared is not None and not fuse_shared:
         return fused_moe(x, topk_weights, topk_ids, routed, limit, stream=stream) + dense_expert(x, shared, limit,
                                                                                                  linear)
-    ids, weights = topk_ids, topk_weights.float()
-    if shared is not None:
-        ids = torch.cat([ids, torch.full((t, 1), num_experts, dtype=ids.dtype, device=x.device)], 1)
-        weights = torch.cat([weights, torch.ones(t, 1, dtype=torch.float32, device=x.device)], 1)
-    slots = ids.shape[1]
+    slots = topk_ids.shape[1] + (shared is not None)  # the shared expert: one more pair per token
     act_fp8 = routed.w1.act_fp8
     tiling = _moe_config(t, t * slots, num_experts + (shared is not None),
                          compute_dtype(x, routed.w1) == tl.float32, 1 if act_fp8 else x.element_size(),
                          max(_stored_bytes(w) for w in routed + (shared or ())), max_shared_memory(x.device),
                          stream)
-    align = moe_align(ids, num_experts + (shared is not None), tiling.bm)
-    route = weights.contiguous().view(-1)
+    align = moe_align(topk_ids.contiguous(), num_experts, tiling.bm, shared_expert=shared is not None)
+    route = topk_weights.float().contiguous().view(-1)
     a, a_s = act_quant_fp8(x, ACT_BLOCK) if act_fp8 else (x, x.new_empty(1, 1, dtype=torch.float32))
     inter = routed.w1.out_features
     h = torch.empty(t * slots, inter, dtype=x.dtype, device=x.device)
