@@ -76,15 +76,19 @@ def test_hash_routing(idtype, score_func):
     assert torch.equal(ref[1], tid2eid[input_ids].int())  # table order
     _check(out, ref, torch.ones(9, dtype=torch.bool, device=DEV))
     assert torch.equal(out[1][0], out[1][2]) and torch.equal(out[1][0], out[1][7])  # same token, same experts
+    one = _both(x[:1], w, None, tid2eid, input_ids[:1], top_k=6, score_func=score_func, renormalize=True,
+                scaling=1.5)  # one token: the CUDA-core tiles
+    _check(*one, torch.ones(1, dtype=torch.bool, device=DEV))
 
 
+@pytest.mark.parametrize("t", [1, 37])
 @pytest.mark.parametrize("launch", [{}, SPLIT_D], ids=["default", "split-d"])
-def test_grouped_sigmoid_v3(launch):
-    x, w, b = _params(37, 64, 32, seed=2)
+def test_grouped_sigmoid_v3(launch, t):
+    x, w, b = _params(t, 64, 32, seed=2)
     out, ref = _both(x, w, b, None, None, top_k=4, score_func="sigmoid", renormalize=True, scaling=2.5, n_group=4,
                      topk_group=2, launch=launch)
     sel = _sel(x, w, b, "sigmoid")
-    group = sel.view(37, 4, 8).topk(2, -1).values.sum(-1)
+    group = sel.view(t, 4, 8).topk(2, -1).values.sum(-1)
     _check(out, ref, _clear(sel, 4) & _clear(group, 2))
     groups = (out[1].long() // 8).cpu()
     assert all(len(set(row.tolist())) <= 2 for row in groups)
@@ -92,8 +96,9 @@ def test_grouped_sigmoid_v3(launch):
     assert all(set(g.tolist()) <= set(k.tolist()) for g, k in zip(groups, kept))
 
 
-def test_softmax_no_renormalize():
-    x, w, _ = _params(5, 64, 24, seed=3, bias=False)
+@pytest.mark.parametrize("t", [1, 5])
+def test_softmax_no_renormalize(t):
+    x, w, _ = _params(t, 64, 24, seed=3, bias=False)
     out, ref = _both(x, w, None, None, None, top_k=3, score_func="softmax", renormalize=False, scaling=1.0)
     _check(out, ref, _clear(_sel(x, w, None, "softmax"), 3))
     probs = torch.softmax(x.float() @ w.float().T, -1)
@@ -122,6 +127,14 @@ def test_ties_lower_index_wins():
     got = mr.router(x, w, None, None, None, top_k=2, score_func="sqrtsoftplus", renormalize=True, scaling=1.0,
                     n_group=4, topk_group=1)[1]
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("top_k", [1, 2, 4, 5, 7, 8])
+def test_any_top_k(top_k):
+    """The selection takes three experts a round: every remainder of top_k by three, and more than one round."""
+    x, w, b = _params(9, 48, 40, seed=8)
+    out, ref = _both(x, w, b, None, None, top_k=top_k, score_func="sqrtsoftplus", renormalize=True, scaling=1.5)
+    _check(out, ref, _clear(_sel(x, w, b, "sqrtsoftplus"), top_k))
 
 
 def test_top_k_equals_e():

@@ -12,7 +12,8 @@ chosen ids come in descending selection-score order, ties by lower index.
 
 `router_ref` is the torch reference (the `torch` backend); `router` does it all in ONE Triton
 launch. Grid (token blocks, expert blocks, splits of D): each program multiplies a
-[BLOCK_T, BLOCK_E] tile of logits over its share of D on the tensor cores (fp32 accumulation)
+[BLOCK_T, BLOCK_E] tile of logits over its share of D on the tensor cores (fp32 accumulation; one
+token: on the CUDA cores, `launch_config`)
 and stores it to an fp32 scratch `[splits, E, T]` (token-contiguous: see _select), already
 scored when there is one split and the score function is elementwise. It then bumps its token
 block's int32 counter (acq_rel atomic, after a CTA barrier); the program that sees it was the
@@ -201,7 +202,8 @@ def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_
                    T, E, D, d_per_split, x_stride, w_stride, tid_stride, scaling, top_k, topk_group, group_size,
                    SCORE: tl.constexpr, SCORED: tl.constexpr, HAS_BIAS: tl.constexpr, HASH: tl.constexpr,
                    RENORM: tl.constexpr, SPLITS: tl.constexpr, N_GROUP: tl.constexpr, UPCAST: tl.constexpr,
-                   PRECISION: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr,
+                   PRECISION: tl.constexpr, GEMV: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                   BLOCK_D: tl.constexpr,
                    SEL_T: tl.constexpr, E_POW2: tl.constexpr, K_POW2: tl.constexpr, G_POW2: tl.constexpr):
     tb = tl.program_id(0)
     split = tl.program_id(2)
@@ -209,19 +211,30 @@ def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_
     cols = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     tmask = rows < T
     emask = cols < E
-    x_rows = x_ptr + rows[:, None].to(tl.int64) * x_stride
-    w_cols = w_ptr + cols[None, :].to(tl.int64) * w_stride
-    acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
     d0 = split * d_per_split
-    for d in range(d0, tl.minimum(d0 + d_per_split, D), BLOCK_D):
-        k = d + tl.arange(0, BLOCK_D)
-        kmask = k < D
-        xt = tl.load(x_rows + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
-        wt = tl.load(w_cols + k[:, None], mask=kmask[:, None] & emask[None, :], other=0.0)  # [BLOCK_D, BLOCK_E]
-        if UPCAST:
-            acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision=PRECISION)
-        else:
-            acc = tl.dot(xt, wt, acc, input_precision=PRECISION)
+    if GEMV:  # one token (BLOCK_T 1): products on the CUDA cores, fp32, summed over D once at the end
+        w_rows = w_ptr + cols[:, None].to(tl.int64) * w_stride
+        prod = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
+        for d in range(d0, tl.minimum(d0 + d_per_split, D), BLOCK_D):
+            k = d + tl.arange(0, BLOCK_D)
+            kmask = k < D
+            xv = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+            wt = tl.load(w_rows + k[None, :], mask=emask[:, None] & kmask[None, :], other=0.0)  # [BLOCK_E, BLOCK_D]
+            prod += wt.to(tl.float32) * xv[None, :]
+        acc = tl.sum(prod, 1)[None, :]
+    else:
+        x_rows = x_ptr + rows[:, None].to(tl.int64) * x_stride
+        w_cols = w_ptr + cols[None, :].to(tl.int64) * w_stride
+        acc = tl.zeros([BLOCK_T, BLOCK_E], dtype=tl.float32)
+        for d in range(d0, tl.minimum(d0 + d_per_split, D), BLOCK_D):
+            k = d + tl.arange(0, BLOCK_D)
+            kmask = k < D
+            xt = tl.load(x_rows + k[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0)
+            wt = tl.load(w_cols + k[:, None], mask=kmask[:, None] & emask[None, :], other=0.0)  # [BLOCK_D, BLOCK_E]
+            if UPCAST:
+                acc = tl.dot(xt.to(tl.float32), wt.to(tl.float32), acc, input_precision=PRECISION)
+            else:
+                acc = tl.dot(xt, wt, acc, input_precision=PRECISION)
     if SCORED:  # one split: these are final logits, score them here (elementwise score functions)
         acc = _score(acc, acc, acc, SCORE)
     part = part_ptr + (split * E + cols)[None, :].to(tl.int64) * T + rows[:, None]  # [splits, E, T]
@@ -251,15 +264,26 @@ def _counters(n: int, device: torch.device) -> torch.Tensor:
 
 
 def launch_config(t: int, e: int, d: int, sms: int) -> dict:
-    """(block_t, block_e, block_d, splits, sel_t, num_warps, num_stages) by token count, for `sms` multiprocessors.
+    """(block_t, block_e, block_d, splits, sel_t, num_warps, num_stages, gemv) by token count, for `sms`
+    multiprocessors.
 
+    One token (decode at batch 1, a latency chain: load, partial store, arrival atomic, reload,
+    selection): `gemv` tiles multiply on the CUDA cores with each program's whole D share in one
+    load (an H200 phase breakdown: the tile stage 1.9 -> 1.3 us over an empty launch against 16x16
+    tensor-core tiles in four pipelined steps), 16 experts x 256 of D, two programs an SM.
     From H100 sweeps at V4-Flash shapes (D 4096, E 256). Up to 16 tokens the 2 MB gate weight is the
     cost: 16x16 tiles and D split until ~one program per SM (8 splits); the last program then sums
     splits x t x E fp32 partials. Beyond, the last program's selection (serial over the rows of its
     token block) dominates, so token blocks stay small (16 rows: one selection pass each) with one
     split (the tile programs apply the score function) and wider expert tiles as t grows; from
     2048 tokens larger tiles, as the weight re-reads through L2 (t / block_t of them) start to count.
+    sel_t is at most the tokens: rows past T still cost the selection their instructions (H200: 4
+    masked rows made it 3x slower at T=1).
     """
+    if t == 1:  # (block_e, block_d, splits, warps) from an H200 sweep of GEMV tiles and D splits
+        grid = triton.cdiv(e, 16)
+        splits = max(1, min(16, triton.cdiv(d, 256), 2 * sms // grid))  # small programs: two an SM
+        return dict(block_t=1, block_e=16, block_d=256, splits=splits, sel_t=1, num_warps=4, num_stages=1, gemv=True)
     if t <= 16:
         bt, be, bd, splits, warps = 16, 16, 128, 8, 4 if t <= 4 else 8
     elif t <= 64:
@@ -276,7 +300,8 @@ def launch_config(t: int, e: int, d: int, sms: int) -> dict:
     grid = triton.cdiv(t, bt) * triton.cdiv(e, be)
     splits = max(1, min(splits, triton.cdiv(d, bd), sms // grid, (1 << 15) // (min(t, bt) * e)))
     sel_t = min(bt, max(1, 4096 // next_pow2(e)))  # selection rows per pass: bounds its [rows, E] tiles
-    return dict(block_t=bt, block_e=be, block_d=bd, splits=splits, sel_t=sel_t, num_warps=warps, num_stages=3)
+    return dict(block_t=bt, block_e=be, block_d=bd, splits=splits, sel_t=sel_t, num_warps=warps, num_stages=3,
+                gemv=False)
 
 
 def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid2eid: torch.Tensor | None,
@@ -315,7 +340,10 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid
     sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
     cfg = {**launch_config(t, e, d, sms), **launch}
     bt, be, bd = cfg["block_t"], cfg["block_e"], cfg["block_d"]
-    assert bt >= 16 and be >= 16 and bd >= 16, "tl.dot needs tile dims >= 16"
+    if cfg["gemv"]:
+        assert bt == 1, "the CUDA-core (gemv) tiles take one token a program: block_t 1"
+    else:
+        assert bt >= 16 and be >= 16 and bd >= 16, "tl.dot needs tile dims >= 16"
     chunks = triton.cdiv(d, bd)
     per = triton.cdiv(chunks, min(cfg["splits"], chunks))  # D chunks per split; no split left empty
     splits = triton.cdiv(chunks, per)
@@ -330,7 +358,7 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid
         SCORE=SCORE_FUNCS.index(score_func), SCORED=splits == 1 and score_func != "softmax",
         HAS_BIAS=bias is not None, HASH=tid2eid is not None,
         RENORM=renormalize, SPLITS=splits, N_GROUP=n_group if tid2eid is None else 1, UPCAST=fp32 or interpreting(),
-        PRECISION=dot_precision(torch.float32 if fp32 or interpreting() else torch.bfloat16),
+        PRECISION=dot_precision(torch.float32 if fp32 or interpreting() else torch.bfloat16), GEMV=cfg["gemv"],
         BLOCK_T=bt, BLOCK_E=be, BLOCK_D=bd, SEL_T=min(bt, cfg["sel_t"], next_pow2(t)), E_POW2=e_pow2,
         K_POW2=next_pow2(top_k), G_POW2=next_pow2(max(n_group, 1)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
