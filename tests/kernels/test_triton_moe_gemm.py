@@ -162,6 +162,17 @@ def test_fused_moe_matches_reference(routed_fmt, shared_fmt, case, stream):
     assert_close(out, fm.fused_moe_ref(x, w, ids, routed, 10.0, shared), TOL[torch.float32], case)
 
 
+def test_streaming_form_with_the_shared_expert_fused():
+    """The streaming form reads each one-row block's expert from topk_ids itself (no alignment), the
+    shared expert as every token's slot k: forced fused at several tokens (by default it runs beside)."""
+    t, e, k, d, i = 5, 8, 3, 64, 96
+    x = torch.randn(t, d, generator=_gen(9)).to(DEV)
+    w, ids = _route(t, e, k, seed=9)
+    routed, shared = _experts(MXFP4, e, d, i), _experts(FP8_BLOCK, None, d, i, seed=2)
+    out = fm.fused_moe(x, w, ids, routed, 10.0, shared, stream=True, fuse_shared=True)
+    assert_close(out, fm.fused_moe_ref(x, w, ids, routed, 10.0, shared), TOL[torch.float32], "stream, fused shared")
+
+
 def test_fused_moe_corner_cases():
     """All tokens on one expert (others empty), swiglu clamp active, zero tokens."""
     d, i, e = 64, 64, 8

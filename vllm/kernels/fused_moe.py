@@ -3,8 +3,9 @@ clamped SwiGLU and the routing weight between them, and optionally the shared ex
 one more always-selected expert (weight 1, its own weight format).
 
 Flow: `moe_align` sorts the (token, slot) pairs by expert into BLOCK_M-row blocks (each block one
-expert; -1 pads) -> kernel 1 computes gate and up for a block's rows, h = silu(min(g, L)) *
-clamp(u, -L, L) * w_route -> (FP8 quantization of h when the format wants it) -> kernel 2 h @ w2^T
+expert; -1 pads; the streaming form's one-row blocks need no sort: block m is pair m) -> kernel 1
+computes gate and up for a block's rows, h = silu(min(g, L)) * clamp(u, -L, L) * w_route -> (FP8
+quantization of h when the format wants it) -> kernel 2 h @ w2^T
 per pair -> the pairs of each token summed. Formats: `QuantWeight` (plain, fp8_block, mxfp4);
 the shared expert may differ from the routed ones (V4: FP8 shared, MXFP4 routed), each block
 branches on its expert. Numerics follow `fused_moe_ref` (the model's math): gate/up rounded to
@@ -228,9 +229,16 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
     SCALED_DOT / S_SCALED_DOT: MXFP4 weights of the routed / shared expert through tl.dot_scaled.
     S_BK / S_EVEN_K: the shared expert's K tile (its own format may want another)."""
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
-    expert = tl.load(block_expert_ptr + pid_m)
-    if expert >= 0:
+    if STREAM:  # one-row blocks: block m is pair m, no alignment; pairs_ptr holds topk_ids `[T, k]`
+        pairs = (pid_m + tl.arange(0, BM)).to(tl.int64)
+        k = slots
+        if HAS_SHARED:
+            k = slots - 1
+        expert = tl.max(_pair_expert(pairs_ptr, pairs, pairs >= 0, k, shared_id, HAS_SHARED), 0)
+    else:
+        expert = tl.load(block_expert_ptr + pid_m)
         pairs = tl.load(pairs_ptr + pid_m * BM + tl.arange(0, BM)).to(tl.int64)
+    if expert >= 0:
         row_ok = pairs >= 0
         arow = pairs // slots if A_BY_TOKEN else pairs
         n = pid_n * BN + tl.arange(0, BN)
@@ -337,8 +345,11 @@ def _scales(q: QuantWeight) -> tuple[torch.Tensor, int, int, int]:
     return s, (s.stride(0) if s.dim() == 3 else 0), s.stride(-2), s.stride(-1)
 
 
-def _grouped_gemm(a, a_s, out, align, route, slots, tiling: MoETiling, routed, shared, gate_up: bool, limit: float):
-    """Launch kernel 1 (gate_up) or 2 over all blocks; `routed`/`shared` are (first, second) QuantWeights."""
+def _grouped_gemm(a, a_s, out, blocks, route, slots, tiling: MoETiling, routed, shared, gate_up: bool, limit: float):
+    """Launch kernel 1 (gate_up) or 2 over all blocks; `routed`/`shared` are (first, second) QuantWeights;
+    `blocks`: (sorted pairs, block experts, block count) of an alignment, or for the streaming form
+    (topk_ids, unused, pairs)."""
+    pairs_arg, block_expert, num_blocks = blocks
     bm, bn, bk, warps, stages, stream = tiling
     r1, r3 = routed
     n, k = r1.out_features, r1.in_features
@@ -352,11 +363,11 @@ def _grouped_gemm(a, a_s, out, align, route, slots, tiling: MoETiling, routed, s
         if FP8_BLOCK in (r1.fmt, s1.fmt):
             bk = min(bk, blk[1])  # an FP8 K tile stays inside one scale block
         s_bk = bk
-    grid = (align.block_expert.numel(), triton.cdiv(n, bn))
+    grid = (num_blocks, triton.cdiv(n, bn))
     cdt = compute_dtype(a, r1)
     launch = functools.partial(_moe_gemm_kernel[grid],
         a, a_s, r1.weight, ws1, r3.weight, _scales(r3)[0], s1.weight, ss1, s3.weight, _scales(s3)[0], out,
-        align.sorted_pairs, align.block_expert, route, n, k, slots, r1.weight.shape[0], limit, a.stride(0),
+        pairs_arg, block_expert, route, n, k, slots, r1.weight.shape[0], limit, a.stride(0),
         a_s.stride(0), r1.weight.stride(0), r1.weight.stride(1), wse, wsn, wsk, s1.weight.stride(0), ssn, ssk,
         out.stride(0), GATED=gate_up, A_BY_TOKEN=gate_up, HAS_SHARED=shared is not None, W_FMT=_FMT_CODE[r1.fmt],
         S_FMT=_FMT_CODE[s1.fmt], A_FP8=r1.act_fp8, BM=bm, BN=bn, BK=bk, WBLOCK_N=blk[0], WBLOCK_K=blk[1],
@@ -402,17 +413,22 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
                          compute_dtype(x, routed.w1) == tl.float32, 1 if act_fp8 else x.element_size(),
                          max(_stored_bytes(w) for w in routed + (shared or ())), max_shared_memory(x.device),
                          stream)
-    align = moe_align(topk_ids.contiguous(), num_experts, tiling.bm, shared_expert=shared is not None)
+    if tiling.stream:  # one-row blocks in pair order: the kernel reads each block's expert from topk_ids
+        ids = topk_ids.contiguous()
+        blocks = (ids, ids, t * slots)
+    else:
+        align = moe_align(topk_ids.contiguous(), num_experts, tiling.bm, shared_expert=shared is not None)
+        blocks = (align.sorted_pairs, align.block_expert, align.block_expert.numel())
     route = topk_weights.float().contiguous().view(-1)
     a, a_s = act_quant_fp8(x, ACT_BLOCK) if act_fp8 else (x, x.new_empty(1, 1, dtype=torch.float32))
     inter = routed.w1.out_features
     h = torch.empty(t * slots, inter, dtype=x.dtype, device=x.device)
     sh = (shared.w1, shared.w3) if shared is not None else None
-    _grouped_gemm(a, a_s, h, align, route, slots, tiling, (routed.w1, routed.w3), sh, True, limit)
+    _grouped_gemm(a, a_s, h, blocks, route, slots, tiling, (routed.w1, routed.w3), sh, True, limit)
     a2, a2_s = act_quant_fp8(h, ACT_BLOCK) if act_fp8 else (h, a_s)
     y = torch.empty(t * slots, d, dtype=x.dtype, device=x.device)
     sh2 = (shared.w2, shared.w2) if shared is not None else None
-    _grouped_gemm(a2, a2_s, y, align, route, slots, tiling, (routed.w2, routed.w2), sh2, False, limit)
+    _grouped_gemm(a2, a2_s, y, blocks, route, slots, tiling, (routed.w2, routed.w2), sh2, False, limit)
     out = torch.empty_like(x)
     _combine_kernel[(t, triton.cdiv(d, 1024))](y, out, d, slots, TOP_K=topk_ids.shape[1],
                                                 HAS_SHARED=shared is not None, BLOCK_D=1024, num_warps=4)
