@@ -270,7 +270,8 @@ def launch_config(t: int, e: int, d: int, sms: int) -> dict:
     One token (decode at batch 1, a latency chain: load, partial store, arrival atomic, reload,
     selection): `gemv` tiles multiply on the CUDA cores with each program's whole D share in one
     load (an H200 phase breakdown: the tile stage 1.9 -> 1.3 us over an empty launch against 16x16
-    tensor-core tiles in four pipelined steps), 16 experts x 256 of D, two programs an SM.
+    tensor-core tiles in four pipelined steps), 32 experts x 256 of D, about one program an SM
+    (h200_router_t1_sweep.json: 4.9 us; 16 experts, two programs an SM, 5.1; 8 x 512 at 2 warps 5.3).
     From H100 sweeps at V4-Flash shapes (D 4096, E 256). Up to 16 tokens the 2 MB gate weight is the
     cost: 16x16 tiles and D split until ~one program per SM (8 splits); the last program then sums
     splits x t x E fp32 partials. Beyond, the last program's selection (serial over the rows of its
@@ -281,9 +282,9 @@ def launch_config(t: int, e: int, d: int, sms: int) -> dict:
     masked rows made it 3x slower at T=1).
     """
     if t == 1:  # (block_e, block_d, splits, warps) from an H200 sweep of GEMV tiles and D splits
-        grid = triton.cdiv(e, 16)
-        splits = max(1, min(16, triton.cdiv(d, 256), 2 * sms // grid))  # small programs: two an SM
-        return dict(block_t=1, block_e=16, block_d=256, splits=splits, sel_t=1, num_warps=4, num_stages=1, gemv=True)
+        grid = triton.cdiv(e, 32)
+        splits = max(1, min(16, triton.cdiv(d, 256), sms // grid))
+        return dict(block_t=1, block_e=32, block_d=256, splits=splits, sel_t=1, num_warps=4, num_stages=1, gemv=True)
     if t <= 16:
         bt, be, bd, splits, warps = 16, 16, 128, 8, 4 if t <= 4 else 8
     elif t <= 64:
