@@ -9,12 +9,11 @@ and multiplied into the row with an FMA, partial products kept per K column and 
 the end. (Blocks of 2-4 rows, a 3-D accumulator, measured slower at every batch: Triton moved the
 tiles between layouts through shared memory each K step.)
 
-MXFP4 decode with no lookup, on whole 32-bit words (eight nibbles; no per-byte unpacking): a
-nibble's magnitude bits (e1 e0 m) shifted to fp32 bits 24..22 and its sign to bit 31 read as an
-fp32 of 2^-126 times the e2m1 value (e = 0 lands on the subnormal m * 2^-127). The activation
-carries 2^63 and the group scale byte s becomes the factor 2^(s - 64), built from its bits, so
-products stay normal and every factor is exact (scale bytes 0..191, i.e. scales up to 2^64;
-activations above 2^-62 in magnitude). FP8 weights convert in hardware; their
+MXFP4 decode with no lookup: a nibble's magnitude bits (e1 e0 m) shifted to fp32 bits 24..22 and
+its sign to bit 31 read as an fp32 of 2^-126 times the e2m1 value (e = 0 lands on the subnormal
+m * 2^-127). The activation carries 2^63 and the group scale byte s becomes the factor 2^(s - 64),
+built from its bits, so products stay normal and every factor is exact (scale bytes 0..191, i.e.
+scales up to 2^64; activations above 2^-62 in magnitude). FP8 weights convert in hardware; their
 128x128 block scale multiplies the decoded weight. Accumulation is fp32, as the reference's.
 """
 
@@ -39,16 +38,16 @@ def _row_x(a_ptr, a_row, as_ptr, as_row, k, K, A_FP8: tl.constexpr, PRESCALE: tl
 @triton.jit
 def _load_tile(w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk, W_FMT: tl.constexpr,
                BK: tl.constexpr, WBLOCK_N: tl.constexpr, WBLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
-    """One K tile of weight rows `n` as stored, and its scales (zeros past K). MXFP4: the packed bytes
-    as int32 words `[BN, BK/8]` and scale bytes `[BN, BK/32]`; FP8 blocks: `[BN, BK]` e4m3 and the scale bytes of the K
+    """One K tile of weight rows `n` as stored, and its scales (zeros past K). MXFP4: packed bytes
+    `[BN, BK/2]` and scale bytes `[BN, BK/32]`; FP8 blocks: `[BN, BK]` e4m3 and the scale bytes of the K
     blocks it covers `[BN, max(1, BK/WBLOCK_K)]` (a tile shorter than a block sits inside one);
     plain: `[BN, BK]` and unused scales. EVEN_K (K a multiple of BK, k0 inside K): no K mask, so the
     loads stay whole vectors (a per-element K mask compiled to one predicated byte load per byte)."""
-    if W_FMT == 2:  # whole 32-bit words: eight nibbles each
-        kw = k0 // 8 + tl.arange(0, BK // 8)
+    if W_FMT == 2:
+        kc = k0 // 2 + tl.arange(0, BK // 2)
         g = k0 // 32 + tl.arange(0, BK // 32)
-        words = (w_ptr + n[:, None] * stride_wn + 4 * kw[None, :]).to(tl.pointer_type(tl.int32))
-        w = tl.load(words, mask=n_ok[:, None] & ((kw < K // 8) | EVEN_K)[None, :], other=0)
+        w = tl.load(w_ptr + n[:, None] * stride_wn + kc[None, :],
+                    mask=n_ok[:, None] & ((kc < K // 2) | EVEN_K)[None, :], other=0)
         s = tl.load(ws_ptr + n[:, None] * stride_wsn + g[None, :],
                     mask=n_ok[:, None] & ((g < K // 32) | EVEN_K)[None, :], other=0)
     else:
@@ -65,38 +64,15 @@ def _load_tile(w_ptr, ws_ptr, n, n_ok, k0, K, stride_wn, stride_wsn, stride_wsk,
 
 
 @triton.jit
-def _nibble(u, c: tl.constexpr):
-    """Nibble c of uint32 words as an fp32 of 2^-126 times its e2m1 value: magnitude bits 4c..4c+2 to
-    22..24, sign bit 4c+3 to 31 (two shifts and one three-input logic op)."""
-    MAG: tl.constexpr = 22 - 4 * c
-    SGN: tl.constexpr = 28 - 4 * c
-    mag = (u << MAG) if MAG >= 0 else (u >> -MAG)
-    sgn = (u << SGN) if SGN >= 0 else (u >> -SGN)
-    return ((mag & 0x01C00000) | (sgn & 0x80000000)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _mxfp4_fma(acc, w, s, x, BN: tl.constexpr, BK: tl.constexpr):
-    """acc `[BN, BK/8]` += one MXFP4 K tile as int32 words `[BN, BK/8]` (k = 8 * word + nibble), x `[BK]`
-    pre-scaled by 2^63. The eight nibbles of a word share a scale group: their products are summed,
-    then scaled once."""
-    W8: tl.constexpr = BK // 8
-    u = w.to(tl.uint32, bitcast=True)
+def _mxfp4_fma(acc, w, s, xe, xo, BN: tl.constexpr, BK: tl.constexpr):
+    """acc `[BN, BK/2]` += even and odd columns of one MXFP4 K tile (x pre-scaled by 2^63)."""
+    HALF: tl.constexpr = BK // 2
+    b = w.to(tl.uint8, bitcast=True).to(tl.int32)
     mult = ((s.to(tl.uint8, bitcast=True).to(tl.int32) + 63) << 23).to(tl.float32, bitcast=True)  # 2^(s - 64)
-    mult = tl.reshape(tl.broadcast_to(mult[:, :, None], (BN, BK // 32, 4)), (BN, W8))
-    # x `[W8, 8]` -> x_c `[W8]` for nibble c = 4 * c2 + 2 * c1 + c0
-    e, o = tl.split(tl.reshape(x, (W8, 2, 2, 2)))  # c0
-    ee, eo = tl.split(e)  # c1
-    oe, oo = tl.split(o)
-    x0, x4 = tl.split(ee)  # c2
-    x2, x6 = tl.split(eo)
-    x1, x5 = tl.split(oe)
-    x3, x7 = tl.split(oo)
-    t = _nibble(u, 0) * x0[None, :] + _nibble(u, 1) * x1[None, :]
-    t += _nibble(u, 2) * x2[None, :] + _nibble(u, 3) * x3[None, :]
-    t += _nibble(u, 4) * x4[None, :] + _nibble(u, 5) * x5[None, :]
-    t += _nibble(u, 6) * x6[None, :] + _nibble(u, 7) * x7[None, :]
-    return acc + t * mult
+    mult = tl.reshape(tl.broadcast_to(mult[:, :, None], (BN, BK // 32, 16)), (BN, HALF))
+    lo = (((b & 7) << 22) | ((b & 8) << 28)).to(tl.float32, bitcast=True)  # even k: low nibble
+    hi = (((b & 0x70) << 18) | ((b & 0x80) << 24)).to(tl.float32, bitcast=True)
+    return acc + (lo * xe[None, :] + hi * xo[None, :]) * mult
 
 
 @triton.jit
@@ -118,7 +94,7 @@ def stream_row(a_ptr, a_row, as_ptr, as_row, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n
     one K loop; else (a w1^T, the same)). W (and scales) already offset to the expert. The next K
     tile's weights are requested before this one's arithmetic (twice the bytes in flight); with
     EVEN_K the last tile's prefetch re-reads the last tile instead of masking past K."""
-    W: tl.constexpr = BK // 8 if W_FMT == 2 else BK  # MXFP4: one column per 32-bit word of eight
+    W: tl.constexpr = BK // 2 if W_FMT == 2 else BK  # MXFP4: even and odd columns side by side
     acc1 = tl.zeros([BN, W], dtype=tl.float32)
     acc3 = tl.zeros([BN, W], dtype=tl.float32)
     w1, s1 = _load_tile(w1_ptr, ws1_ptr, n, n_ok, 0, K, stride_wn, stride_wsn, stride_wsk, W_FMT, BK, WBLOCK_N,
@@ -139,9 +115,10 @@ def stream_row(a_ptr, a_row, as_ptr, as_row, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n
                                 WBLOCK_N, WBLOCK_K, EVEN_K)
         if W_FMT == 2:
             x = _row_x(a_ptr, a_row, as_ptr, as_row, k0 + tl.arange(0, BK), K, A_FP8, TWO_POW_63, EVEN_K)
-            acc1 = _mxfp4_fma(acc1, cur1, cs1, x, BN, BK)
+            xe, xo = tl.split(tl.reshape(x, (W, 2)))  # one contiguous load, then even and odd k
+            acc1 = _mxfp4_fma(acc1, cur1, cs1, xe, xo, BN, BK)
             if GATED:
-                acc3 = _mxfp4_fma(acc3, cur3, cs3, x, BN, BK)
+                acc3 = _mxfp4_fma(acc3, cur3, cs3, xe, xo, BN, BK)
         else:
             x = _row_x(a_ptr, a_row, as_ptr, as_row, k0 + tl.arange(0, BK), K, A_FP8, 1.0, EVEN_K)
             acc1 = _block_fma(acc1, cur1, cs1, x, W_FMT, BN, BK, WBLOCK_K)
