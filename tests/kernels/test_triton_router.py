@@ -131,7 +131,7 @@ def test_ties_lower_index_wins():
 
 @pytest.mark.parametrize("top_k", [1, 2, 4, 5, 7, 8])
 def test_any_top_k(top_k):
-    """The selection takes three experts a round: every remainder of top_k by three, and more than one round."""
+    """Top-k from one expert to several rounds past the V4 six (V3 takes eight)."""
     x, w, b = _params(9, 48, 40, seed=8)
     out, ref = _both(x, w, b, None, None, top_k=top_k, score_func="sqrtsoftplus", renormalize=True, scaling=1.5)
     _check(out, ref, _clear(_sel(x, w, b, "sqrtsoftplus"), top_k))

@@ -111,19 +111,26 @@ def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int, shared
 
 
 @triton.jit
-def _pair_expert(ids_ptr, pair, ok, k, shared_id, SHARED: tl.constexpr):
-    """The expert of each pair: topk_ids flat, or with SHARED `[T, k + 1]` pairs whose slot k is the
-    shared expert `shared_id` (not stored in topk_ids)."""
+def _routed_slot(pair, ok, slots, SHARED: tl.constexpr):
+    """Where each pair's routed slot sits in the `[T, k]` routing tensors, and whether it has one: with
+    SHARED a token's `slots` pairs are its k = slots - 1 routed ones, then the shared expert's (which
+    is stored nowhere)."""
     if SHARED:
-        slot = pair % (k + 1)
-        routed = ok & (slot < k)
-        e = tl.load(ids_ptr + (pair // (k + 1)) * k + slot, mask=routed, other=0).to(tl.int32)
-        return tl.where(routed, e, shared_id)
-    return tl.load(ids_ptr + pair, mask=ok, other=0).to(tl.int32)
+        slot = pair % slots
+        return (pair // slots) * (slots - 1) + slot, ok & (slot < slots - 1)
+    return pair, ok
 
 
 @triton.jit
-def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, k, E, max_blocks, block_m,
+def _pair_expert(ids_ptr, pair, ok, slots, shared_id, SHARED: tl.constexpr):
+    """The expert of each pair: from topk_ids, or `shared_id` for the shared expert's (SHARED)."""
+    at, routed = _routed_slot(pair, ok, slots, SHARED)
+    e = tl.load(ids_ptr + at, mask=routed, other=0).to(tl.int32)
+    return tl.where(routed, e, shared_id) if SHARED else e
+
+
+@triton.jit
+def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, slots, E, max_blocks, block_m,
                          SHARED: tl.constexpr, NB: tl.constexpr, CHUNK: tl.constexpr, BB: tl.constexpr):
     """One program: expert histogram, each expert's first block (its row cursor for the scatter),
     the expert of every block, and -1 in every row. (E counts the shared expert, the last, if SHARED.)"""
@@ -131,7 +138,7 @@ def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, k
     for p0 in range(0, P, CHUNK):
         offs = p0 + tl.arange(0, CHUNK)
         ok = offs < P
-        counts += tl.histogram(_pair_expert(ids_ptr, offs, ok, k, E - 1, SHARED), NB, mask=ok)
+        counts += tl.histogram(_pair_expert(ids_ptr, offs, ok, slots, E - 1, SHARED), NB, mask=ok)
     blocks = (counts + block_m - 1) // block_m
     end = tl.cumsum(blocks, 0)  # bins past E hold no pairs: their end is the total
     bins = tl.arange(0, NB)
@@ -146,12 +153,12 @@ def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, k
 
 
 @triton.jit
-def _align_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, P, k, E, SHARED: tl.constexpr, CHUNK: tl.constexpr):
+def _align_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, P, slots, E, SHARED: tl.constexpr, CHUNK: tl.constexpr):
     """Each pair takes the next row of its expert (atomic cursor): order within an expert is
     arbitrary, which no result depends on (rows are computed independently, slots summed in order)."""
     offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
     ok = offs < P
-    e = _pair_expert(ids_ptr, offs, ok, k, E - 1, SHARED)
+    e = _pair_expert(ids_ptr, offs, ok, slots, E - 1, SHARED)
     row = tl.atomic_add(cursor_ptr + e, 1, mask=ok)
     tl.store(sorted_ptr + row, offs.to(tl.int32), mask=ok)
 
@@ -163,17 +170,17 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, shared_exp
     assert topk_ids.dim() == 2 and topk_ids.is_contiguous() and not topk_ids.is_floating_point(), \
         "topk_ids must be a contiguous integer [T, k]"
     flat = topk_ids.flatten()
-    k = topk_ids.shape[1]
+    slots = topk_ids.shape[1] + shared_expert
     num_experts += shared_expert
-    p = topk_ids.shape[0] * (k + shared_expert)
+    p = topk_ids.shape[0] * slots
     max_blocks = _max_blocks(p, num_experts, block_m)
     cursor = torch.empty(num_experts, dtype=torch.int32, device=flat.device)
     block_expert = torch.empty(max_blocks, dtype=torch.int32, device=flat.device)
     sorted_pairs = torch.empty(max_blocks * block_m, dtype=torch.int32, device=flat.device)
     if max_blocks:
-        _align_layout_kernel[(1,)](flat, cursor, block_expert, sorted_pairs, p, k, num_experts, max_blocks, block_m,
+        _align_layout_kernel[(1,)](flat, cursor, block_expert, sorted_pairs, p, slots, num_experts, max_blocks, block_m,
                                    SHARED=shared_expert, NB=next_pow2(num_experts), CHUNK=1024, BB=16, num_warps=8)
-        _align_scatter_kernel[(triton.cdiv(p, 1024),)](flat, cursor, sorted_pairs, p, k, num_experts,
+        _align_scatter_kernel[(triton.cdiv(p, 1024),)](flat, cursor, sorted_pairs, p, slots, num_experts,
                                                        SHARED=shared_expert, CHUNK=1024, num_warps=4)
     return MoEAlignment(sorted_pairs, block_expert)
 
@@ -204,14 +211,10 @@ def _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, w1_ptr, ws1
 
 @triton.jit
 def _route_weight(route_ptr, pairs, row_ok, slots, HAS_SHARED: tl.constexpr):
-    """Routing weight of each pair (`route` `[T, k]`); with HAS_SHARED a token's pairs are its k routed
-    slots and then the shared expert's, whose weight 1 is not stored."""
-    if HAS_SHARED:
-        slot = pairs % slots
-        routed = row_ok & (slot < slots - 1)
-        w = tl.load(route_ptr + (pairs // slots) * (slots - 1) + slot, mask=routed, other=0.0)
-        return tl.where(routed, w, 1.0)
-    return tl.load(route_ptr + pairs, mask=row_ok, other=0.0)
+    """Routing weight of each pair (`route` `[T, k]`); the shared expert's (HAS_SHARED) is 1."""
+    at, routed = _routed_slot(pairs, row_ok, slots, HAS_SHARED)
+    w = tl.load(route_ptr + at, mask=routed, other=0.0)
+    return tl.where(routed, w, 1.0) if HAS_SHARED else w
 
 
 @triton.jit
@@ -231,10 +234,7 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     if STREAM:  # one-row blocks: block m is pair m, no alignment; pairs_ptr holds topk_ids `[T, k]`
         pairs = (pid_m + tl.arange(0, BM)).to(tl.int64)
-        k = slots
-        if HAS_SHARED:
-            k = slots - 1
-        expert = tl.max(_pair_expert(pairs_ptr, pairs, pairs >= 0, k, shared_id, HAS_SHARED), 0)
+        expert = tl.max(_pair_expert(pairs_ptr, pairs, pairs >= 0, slots, shared_id, HAS_SHARED), 0)
     else:
         expert = tl.load(block_expert_ptr + pid_m)
         pairs = tl.load(pairs_ptr + pid_m * BM + tl.arange(0, BM)).to(tl.int64)
@@ -345,11 +345,13 @@ def _scales(q: QuantWeight) -> tuple[torch.Tensor, int, int, int]:
     return s, (s.stride(0) if s.dim() == 3 else 0), s.stride(-2), s.stride(-1)
 
 
-def _grouped_gemm(a, a_s, out, blocks, route, slots, tiling: MoETiling, routed, shared, gate_up: bool, limit: float):
-    """Launch kernel 1 (gate_up) or 2 over all blocks; `routed`/`shared` are (first, second) QuantWeights;
-    `blocks`: (sorted pairs, block experts, block count) of an alignment, or for the streaming form
-    (topk_ids, unused, pairs)."""
-    pairs_arg, block_expert, num_blocks = blocks
+def _grouped_gemm(a, a_s, out, align: MoEAlignment | None, ids, route, slots, tiling: MoETiling, routed, shared,
+                  gate_up: bool, limit: float):
+    """Launch kernel 1 (gate_up) or 2 over all blocks; `routed`/`shared` are (first, second) QuantWeights.
+    Blocks: those of `align`, or with none (the streaming form) one a pair, in pair order (`out` has a
+    row a pair), whose experts the kernel reads from `ids` (topk_ids)."""
+    pairs_arg, block_expert = (ids, ids) if align is None else align
+    num_blocks = out.shape[0] if align is None else align.block_expert.numel()
     bm, bn, bk, warps, stages, stream = tiling
     r1, r3 = routed
     n, k = r1.out_features, r1.in_features
@@ -413,22 +415,19 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
                          compute_dtype(x, routed.w1) == tl.float32, 1 if act_fp8 else x.element_size(),
                          max(_stored_bytes(w) for w in routed + (shared or ())), max_shared_memory(x.device),
                          stream)
-    if tiling.stream:  # one-row blocks in pair order: the kernel reads each block's expert from topk_ids
-        ids = topk_ids.contiguous()
-        blocks = (ids, ids, t * slots)
-    else:
-        align = moe_align(topk_ids.contiguous(), num_experts, tiling.bm, shared_expert=shared is not None)
-        blocks = (align.sorted_pairs, align.block_expert, align.block_expert.numel())
+    ids = topk_ids.contiguous()
+    # one-row (streaming) blocks need no alignment: block m is pair m, its expert read from topk_ids
+    align = None if tiling.stream else moe_align(ids, num_experts, tiling.bm, shared_expert=shared is not None)
     route = topk_weights.float().contiguous().view(-1)
     a, a_s = act_quant_fp8(x, ACT_BLOCK) if act_fp8 else (x, x.new_empty(1, 1, dtype=torch.float32))
     inter = routed.w1.out_features
     h = torch.empty(t * slots, inter, dtype=x.dtype, device=x.device)
     sh = (shared.w1, shared.w3) if shared is not None else None
-    _grouped_gemm(a, a_s, h, blocks, route, slots, tiling, (routed.w1, routed.w3), sh, True, limit)
+    _grouped_gemm(a, a_s, h, align, ids, route, slots, tiling, (routed.w1, routed.w3), sh, True, limit)
     a2, a2_s = act_quant_fp8(h, ACT_BLOCK) if act_fp8 else (h, a_s)
     y = torch.empty(t * slots, d, dtype=x.dtype, device=x.device)
     sh2 = (shared.w2, shared.w2) if shared is not None else None
-    _grouped_gemm(a2, a2_s, y, blocks, route, slots, tiling, (routed.w2, routed.w2), sh2, False, limit)
+    _grouped_gemm(a2, a2_s, y, align, ids, route, slots, tiling, (routed.w2, routed.w2), sh2, False, limit)
     out = torch.empty_like(x)
     _combine_kernel[(t, triton.cdiv(d, 1024))](y, out, d, slots, TOP_K=topk_ids.shape[1],
                                                 HAS_SHARED=shared is not None, BLOCK_D=1024, num_warps=4)
