@@ -199,6 +199,7 @@ def main():
     ap.add_argument("--configs", default="[{}]", help="JSON list of sparse_attn launch overrides to try")
     ap.add_argument("--quick", action="store_true",
                     help="decode at 32K context, batch 1/32/128, CSA only; indexer at 32K/128K, batch 1/128")
+    ap.add_argument("--batches", default=None, help="comma-separated decode batch sizes (overrides the defaults)")
     a = ap.parse_args()
     torch.manual_seed(0)
     bw, mm = ceilings()
@@ -213,7 +214,8 @@ def main():
     if "prefill" in ops:
         run_prefill(results, bw, mm, configs)
     if "decode" in ops:
-        run_decode(results, bw, mm, configs, (32768,) if a.quick else CONTEXTS, (1, 32, 128) if a.quick else BATCHES,
+        batches = tuple(int(b) for b in a.batches.split(",")) if a.batches else (1, 32, 128) if a.quick else BATCHES
+        run_decode(results, bw, mm, configs, (32768,) if a.quick else CONTEXTS, batches,
                    ("csa",) if a.quick else ("csa", "hca"))
     doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm},

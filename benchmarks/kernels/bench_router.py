@@ -95,6 +95,25 @@ def run(results, tokens, d, e, vocab, configs, bw, mm):
             print(json.dumps(row), flush=True)
 
 
+def run_after_norm(results, tokens, d, e, vocab):
+    """The router where the model runs it: right after the ffn RMSNorm, in one CUDA graph. Its cost there
+    is the pair's time less the norm's; for the torch norm (about ten launches) and the Triton one."""
+    from vllm.kernels import rms_norm as rn
+    dev = torch.device("cuda")
+    norm_w = torch.ones(d, device=dev, dtype=torch.bfloat16)
+    for t in tokens:
+        args, kw = case(t, False, d, e, vocab, dev)
+        x = args[0]
+        for name, norm in (("torch", rn.rms_norm_ref), ("triton", rn.rms_norm)):
+            norm_us = bench(lambda: norm(x, norm_w, 1e-6))
+            pair_us = bench(lambda: mr.router(norm(x, norm_w, 1e-6), *args[1:], **kw))
+            row = {"op": "moe_router_after_rmsnorm", "layer": "topk", "tokens": t, "norm": name,
+                   "norm_us": round(norm_us, 2), "norm_and_router_us": round(pair_us, 2),
+                   "router_marginal_us": round(pair_us - norm_us, 2)}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+
+
 def main():
     global bench, roofline
     ap = argparse.ArgumentParser()
@@ -102,6 +121,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny shapes, correctness only without CUDA (CPU dry run)")
     ap.add_argument("--configs", default="[{}]", help="JSON list of router launch overrides to try")
     ap.add_argument("--tokens", default=None, help="comma-separated token counts (default: all)")
+    ap.add_argument("--after-norm", default=None,
+                    help="comma-separated token counts to also time right after the ffn RMSNorm (GPU only)")
     a = ap.parse_args()
     torch.manual_seed(0)
     bw = mm = None
@@ -113,6 +134,8 @@ def main():
     results = []
     t0 = time.time()
     run(results, tokens, shapes["d"], shapes["e"], shapes["vocab"], json.loads(a.configs), bw, mm)
+    if a.after_norm and bw is not None:
+        run_after_norm(results, [int(t) for t in a.after_norm.split(",")], shapes["d"], shapes["e"], shapes["vocab"])
     doc = {"device": torch.cuda.get_device_name() if bw else "cpu (Triton interpreter, no timing)",
            "torch": torch.__version__, "triton": triton.__version__,
            "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm},

@@ -1,4 +1,4 @@
-"""The whole tiny model on the `triton` backends (attention; MoE/GEMM: linears, router, MoE, mHC)
+"""The whole tiny model on the `triton` backends (attention; MoE/GEMM: linears, router, MoE, RMSNorm, mHC)
 matches the `torch` backends (interpreter on CI, compiled on a GPU): same greedy tokens, prompt
 logprobs within a stated tolerance, for the model-dtype and the fp8_ds_mla KV cache, plain and
 FP8/MXFP4 checkpoints, through chunked prefill and batching."""
@@ -79,6 +79,9 @@ class _Lockstep(MoEGemmBackend):
     def router(self, *a, **kw):
         return self._both("router", *a, **kw)
 
+    def rms_norm(self, *a, **kw):
+        return self._both("rms_norm", *a, **kw)
+
     def mhc_pre(self, *a, **kw):
         return self._both("mhc_pre", *a, **kw)
 
@@ -96,7 +99,7 @@ def test_triton_moe_gemm_ops_match_references_inside_the_model(checkpoint_factor
                          show_progress=False)
     lockstep = _Lockstep()
     run_model(model, torch.tensor(PROMPTS[0], device=DEV), [30, 1, 6], moe_gemm=lockstep)
-    assert set(lockstep.checked) == {"linear", "moe", "router", "mhc_pre", "mhc_post", "mhc_head"}
+    assert set(lockstep.checked) == {"linear", "moe", "router", "rms_norm", "mhc_pre", "mhc_post", "mhc_head"}
 
 
 @pytest.mark.parametrize("quantized", [False, True], ids=["plain", "fp8-mxfp4"])

@@ -17,7 +17,7 @@ import torch
 from vllm.kernels._triton import next_pow2, tl, triton
 from vllm.kernels.quant_codec import bf16_bits
 from vllm.kernels.sparse_attn import gather_rows
-from vllm.model_executor.layers.layernorm import rms_norm
+from vllm.kernels.rms_norm import rms_norm_ref
 from vllm.model_executor.layers.rotary import apply_rope
 
 
@@ -41,7 +41,7 @@ def compress_entries_ref(state, window_slots: torch.Tensor, prev_slots: torch.Te
     `dtype`, RMSNorm (statistics in fp32, `norm_weight` `[dim]`), RoPE at the window's first position
     on the last 2*cos.shape[1] channels (cos / sin `[E, rope/2]` fp32, interleaved pairs)."""
     pooled = compress_pool_ref(state, window_slots, prev_slots, norm_weight.shape[0]).to(dtype)
-    return apply_rope(rms_norm(pooled, norm_weight, eps), cos, sin)
+    return apply_rope(rms_norm_ref(pooled, norm_weight, eps), cos, sin)
 
 
 @triton.jit

@@ -1,7 +1,7 @@
 """The MoE/GEMM backend interface: every non-attention op of a DeepSeek V4 layer that has a kernel.
 
-Linears (plain, block-FP8, MXFP4, grouped `wo_a`), the router, the routed + shared experts and the
-mHC residual mixing. A backend declares where it runs (`unsupported_reason`) and implements the
+Linears (plain, block-FP8, MXFP4, grouped `wo_a`), the router, the routed + shared experts, RMSNorm and
+the mHC residual mixing. A backend declares where it runs (`unsupported_reason`) and implements the
 ops with the semantics of the references in `vllm/kernels/` (`*_ref`). Layers never branch on it.
 """
 
@@ -41,6 +41,10 @@ class MoEGemmBackend(ABC):
                input_ids: torch.Tensor | None, *, top_k: int, score_func: str, renormalize: bool,
                scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (weights `[T, k]` fp32, expert ids `[T, k]` int32) (see moe_router.router_ref)."""
+
+    @abstractmethod
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+        """RMSNorm over the last dim, weightless when weight is None (see rms_norm.rms_norm_ref)."""
 
     @abstractmethod
     def mhc_pre(self, streams: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor, iters: int,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vllm.kernels import fused_moe, mhc, moe_router, quant_gemm
+from vllm.kernels import fused_moe, mhc, moe_router, quant_gemm, rms_norm
 from vllm.model_executor.layers.backends.base import MoEGemmBackend
 
 
@@ -24,6 +24,9 @@ class TorchMoEGemmBackend(MoEGemmBackend):
     def router(self, x, weight, bias, tid2eid, input_ids, *, top_k, score_func, renormalize, scaling):
         return moe_router.router_ref(x, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,
                                      renormalize=renormalize, scaling=scaling)
+
+    def rms_norm(self, x, weight, eps):
+        return rms_norm.rms_norm_ref(x, weight, eps)
 
     def mhc_pre(self, streams, fn, base, scale, iters, hc_eps, norm_eps):
         return mhc.mhc_pre_ref(streams, fn, base, scale, iters, hc_eps, norm_eps)

@@ -3,7 +3,7 @@ included; FP8 weights need SM 8.9 for the e4m3 convert). On CPU only in Triton's
 
 from __future__ import annotations
 
-from vllm.kernels import fused_moe, mhc, moe_router, quant_gemm
+from vllm.kernels import fused_moe, mhc, moe_router, quant_gemm, rms_norm
 from vllm.kernels._triton import triton_unsupported_reason
 from vllm.model_executor.layers.backends.base import MoEGemmBackend
 
@@ -25,6 +25,9 @@ class TritonMoEGemmBackend(MoEGemmBackend):
     def router(self, x, weight, bias, tid2eid, input_ids, *, top_k, score_func, renormalize, scaling):
         return moe_router.router(x, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,
                                  renormalize=renormalize, scaling=scaling)
+
+    def rms_norm(self, x, weight, eps):
+        return rms_norm.rms_norm(x, weight, eps)
 
     def mhc_pre(self, streams, fn, base, scale, iters, hc_eps, norm_eps):
         return mhc.mhc_pre(streams, fn, base, scale, iters, hc_eps, norm_eps)
