@@ -97,16 +97,24 @@ def run(results, tokens, d, e, vocab, configs, bw, mm):
 
 def run_after_norm(results, tokens, d, e, vocab):
     """The router where the model runs it: right after the ffn RMSNorm, in one CUDA graph. Its cost there
-    is the pair's time less the norm's; for the torch norm (about ten launches) and the Triton one."""
+    is the pair's time less the norm's: after the torch norm (about ten launches), after the Triton norm,
+    and fused with it (`norm_router`: one launch at one token), each checked against norm_router_ref."""
     from vllm.kernels import rms_norm as rn
     dev = torch.device("cuda")
-    norm_w = torch.ones(d, device=dev, dtype=torch.bfloat16)
+    norm_w = (1 + 0.1 * torch.randn(d, device=dev)).to(torch.bfloat16)
     for t in tokens:
         args, kw = case(t, False, d, e, vocab, dev)
-        x = args[0]
-        for name, norm in (("torch", rn.rms_norm_ref), ("triton", rn.rms_norm)):
+        x, rest = args[0], args[1:]
+        ref = mr.norm_router_ref(x, norm_w, 1e-6, *rest, **kw)
+        got = mr.norm_router(x, norm_w, 1e-6, *rest, **kw)
+        assert_close(got[0], ref[0], 1e-3, "normed x")
+        check(got[1:], ref[1:], (ref[0], *rest))
+        pairs = {"torch": (rn.rms_norm_ref, lambda: mr.router(rn.rms_norm_ref(x, norm_w, 1e-6), *rest, **kw)),
+                 "triton": (rn.rms_norm, lambda: mr.router(rn.rms_norm(x, norm_w, 1e-6), *rest, **kw)),
+                 "triton_fused": (rn.rms_norm, lambda: mr.norm_router(x, norm_w, 1e-6, *rest, **kw))}
+        for name, (norm, pair) in pairs.items():
             norm_us = bench(lambda: norm(x, norm_w, 1e-6))
-            pair_us = bench(lambda: mr.router(norm(x, norm_w, 1e-6), *args[1:], **kw))
+            pair_us = bench(pair)
             row = {"op": "moe_router_after_rmsnorm", "layer": "topk", "tokens": t, "norm": name,
                    "norm_us": round(norm_us, 2), "norm_and_router_us": round(pair_us, 2),
                    "router_marginal_us": round(pair_us - norm_us, 2)}

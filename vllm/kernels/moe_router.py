@@ -22,6 +22,9 @@ re-zeroing) and does the selection for the whole token block: sum of the splits 
 order (deterministic), score function, bias, group mask, top-k by int64 (score, index) keys,
 weights gathered from the score tile, renormalise, scale. Splitting D puts ~one program on
 every SM at decode sizes, where reading the 2 MB bf16 gate weight (V4-Flash) is the cost.
+
+`norm_router` takes the ffn input before its RMSNorm: at one token the same launch normalizes it
+(`norm_router_ref`: rms_norm_ref, then router_ref), so the norm costs no launch of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vllm.kernels._triton import HAS_TRITON, dot_precision, interpreting, next_pow2, tl, triton
+from vllm.kernels.rms_norm import rms_norm as rms_norm_kernel, rms_norm_ref, round_to
 
 SCORE_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 _SCORE_FNS = {
@@ -198,12 +202,30 @@ def _select(part_ptr, bias_ptr, tid_ptr, ids_in_ptr, out_w_ptr, out_id_ptr, row0
 
 
 @triton.jit
+def _inv_rms(x_ptr, D, eps, BLOCK_ROW: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) of the row at x_ptr: fp32, IEEE sqrt and divide (as rms_norm's kernel)."""
+    cols = tl.arange(0, BLOCK_ROW)
+    xf = tl.load(x_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
+    ms = tl.sum(xf * xf, 0) / D + eps
+    return tl.div_rn(1.0, tl.sqrt_rn(ms))
+
+
+@triton.jit
+def _normed(xv, inv_rms, norm_w_ptr, k, kmask, DTYPE: tl.constexpr):
+    """RMSNorm of x's channels k (fp32 in and out): x * inv_rms rounded to x's dtype, times the norm
+    weight, rounded again (rms_norm_ref)."""
+    nw = tl.load(norm_w_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+    return round_to(nw * round_to(xv * inv_rms, DTYPE).to(tl.float32), DTYPE).to(tl.float32)
+
+
+@triton.jit
 def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_ptr, out_w_ptr, out_id_ptr,
+                   norm_w_ptr, normed_ptr, norm_eps,
                    T, E, D, d_per_split, x_stride, w_stride, tid_stride, scaling, top_k, topk_group, group_size,
                    SCORE: tl.constexpr, SCORED: tl.constexpr, HAS_BIAS: tl.constexpr, HASH: tl.constexpr,
                    RENORM: tl.constexpr, SPLITS: tl.constexpr, N_GROUP: tl.constexpr, UPCAST: tl.constexpr,
-                   PRECISION: tl.constexpr, GEMV: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                   BLOCK_D: tl.constexpr,
+                   PRECISION: tl.constexpr, GEMV: tl.constexpr, NORM: tl.constexpr, BLOCK_T: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_ROW: tl.constexpr,
                    SEL_T: tl.constexpr, E_POW2: tl.constexpr, K_POW2: tl.constexpr, G_POW2: tl.constexpr):
     tb = tl.program_id(0)
     split = tl.program_id(2)
@@ -215,10 +237,17 @@ def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_
     if GEMV:  # one token (BLOCK_T 1): products on the CUDA cores, fp32, summed over D once at the end
         w_rows = w_ptr + cols[:, None].to(tl.int64) * w_stride
         prod = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
+        inv_rms = 0.0
+        if NORM:  # x is the RMSNorm's input: every program takes the row's statistic (the same sum each)
+            inv_rms = _inv_rms(x_ptr, D, norm_eps, BLOCK_ROW)
         for d in range(d0, tl.minimum(d0 + d_per_split, D), BLOCK_D):
             k = d + tl.arange(0, BLOCK_D)
             kmask = k < D
             xv = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+            if NORM:  # rounded as the standalone norm rounds; the first expert block stores the normed row
+                xv = _normed(xv, inv_rms, norm_w_ptr, k, kmask, x_ptr.dtype.element_ty)
+                if tl.program_id(1) == 0:
+                    tl.store(normed_ptr + k, xv.to(normed_ptr.dtype.element_ty), mask=kmask)
             wt = tl.load(w_rows + k[None, :], mask=emask[:, None] & kmask[None, :], other=0.0)  # [BLOCK_E, BLOCK_D]
             prod += wt.to(tl.float32) * xv[None, :]
         acc = tl.sum(prod, 1)[None, :]
@@ -314,6 +343,46 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid
     `[T, top_k]` int32). bf16 x bf16 dots run on the tensor cores with fp32 accumulation; an fp32
     operand makes it a full-precision fp32 dot. Hash routing ignores bias; ids in tid2eid must lie in
     [0, E) and input_ids in [0, V) (not checked on the device). `launch` overrides launch_config's keys."""
+    return _route(x, weight, bias, tid2eid, input_ids, None, top_k=top_k, score_func=score_func,
+                  renormalize=renormalize, scaling=scaling, n_group=n_group, topk_group=topk_group, **launch)
+
+
+def norm_router_ref(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor, *args,
+                    **kw) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ffn input's RMSNorm, then the router: -> (normed x, weights, ids) (rms_norm_ref, router_ref)."""
+    normed = rms_norm_ref(x, norm_weight, eps)
+    return (normed, *router_ref(normed, weight, *args, **kw))
+
+
+def norm_router(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
+                bias: torch.Tensor | None, tid2eid: torch.Tensor | None, input_ids: torch.Tensor | None, *,
+                top_k: int, score_func: str, renormalize: bool, scaling: float, n_group: int = 1,
+                topk_group: int = 1, **launch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton norm_router_ref. One token (decode at batch 1, where launches are the cost) in ONE launch:
+    every program normalizes the row itself (the statistic from the whole row, its D share rounded as the
+    norm rounds), the first expert block stores the normed row for the experts. More tokens: the norm
+    kernel, then the router (each program would re-read all of its rows for the statistic)."""
+    cfg = {**launch_config(x.shape[0], weight.shape[0], x.shape[1], _sms(x.device)), **launch}
+    if not cfg["gemv"]:
+        normed = rms_norm_kernel(x, norm_weight, eps)
+        return (normed, *router(normed, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,
+                                renormalize=renormalize, scaling=scaling, n_group=n_group, topk_group=topk_group,
+                                **launch))
+    assert norm_weight.shape == (x.shape[1],), f"norm weight must be [{x.shape[1]}]"
+    assert x.dim() == 2 and x.stride(1) == 1, "x must be [T, D] with unit stride on D"
+    normed = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return (normed, *_route(x, weight, bias, tid2eid, input_ids, (norm_weight.contiguous(), normed, eps),
+                            top_k=top_k, score_func=score_func, renormalize=renormalize, scaling=scaling,
+                            n_group=n_group, topk_group=topk_group, **launch))
+
+
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _route(x, weight, bias, tid2eid, input_ids, norm, *, top_k: int, score_func: str, renormalize: bool,
+           scaling: float, n_group: int, topk_group: int, **launch) -> tuple[torch.Tensor, torch.Tensor]:
+    """router's launch; norm: (norm weight, normed output, eps) when x is the RMSNorm's input (gemv form)."""
     assert score_func in SCORE_FUNCS, f"score_func {score_func!r} not in {SCORE_FUNCS}"
     assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], "x [T, D] and weight [E, D]"
     assert x.stride(1) == 1 and weight.stride(1) == 1, "x and weight need unit stride on D"
@@ -338,12 +407,12 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid
     out_id = torch.empty(t, top_k, dtype=torch.int32, device=dev)
     if t == 0:
         return out_w, out_id
-    sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 4
-    cfg = {**launch_config(t, e, d, sms), **launch}
+    cfg = {**launch_config(t, e, d, _sms(dev)), **launch}
     bt, be, bd = cfg["block_t"], cfg["block_e"], cfg["block_d"]
     if cfg["gemv"]:
         assert bt == 1, "the CUDA-core (gemv) tiles take one token a program: block_t 1"
     else:
+        assert norm is None, "the norm fuses into the one-token (gemv) form only"
         assert bt >= 16 and be >= 16 and bd >= 16, "tl.dot needs tile dims >= 16"
     chunks = triton.cdiv(d, bd)
     per = triton.cdiv(chunks, min(cfg["splits"], chunks))  # D chunks per split; no split left empty
@@ -351,16 +420,19 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid
     part = torch.empty(splits, e, t, dtype=torch.float32, device=dev)
     e_pow2 = next_pow2(e)
     fp32 = torch.float32 in (x.dtype, weight.dtype)
+    norm_w, normed, eps = norm if norm is not None else (x, x, 0.0)
     _router_kernel[(triton.cdiv(t, bt), triton.cdiv(e, be), splits)](
         x, weight, part, _counters(triton.cdiv(t, bt), dev), bias if bias is not None else part,
         tid2eid if tid2eid is not None else out_id, input_ids if tid2eid is not None else out_id, out_w, out_id,
+        norm_w, normed, float(eps),
         t, e, d, per * bd, x.stride(0), weight.stride(0), tid2eid.stride(0) if tid2eid is not None else 0,
         float(scaling), top_k, topk_group, e // max(n_group, 1),
         SCORE=SCORE_FUNCS.index(score_func), SCORED=splits == 1 and score_func != "softmax",
         HAS_BIAS=bias is not None, HASH=tid2eid is not None,
         RENORM=renormalize, SPLITS=splits, N_GROUP=n_group if tid2eid is None else 1, UPCAST=fp32 or interpreting(),
         PRECISION=dot_precision(torch.float32 if fp32 or interpreting() else torch.bfloat16), GEMV=cfg["gemv"],
-        BLOCK_T=bt, BLOCK_E=be, BLOCK_D=bd, SEL_T=min(bt, cfg["sel_t"], next_pow2(t)), E_POW2=e_pow2,
+        NORM=norm is not None, BLOCK_T=bt, BLOCK_E=be, BLOCK_D=bd, BLOCK_ROW=next_pow2(d) if norm is not None else 16,
+        SEL_T=min(bt, cfg["sel_t"], next_pow2(t)), E_POW2=e_pow2,
         K_POW2=next_pow2(top_k), G_POW2=next_pow2(max(n_group, 1)),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out_w, out_id

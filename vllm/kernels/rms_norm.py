@@ -25,7 +25,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> to
 
 
 @triton.jit
-def _round_to(x, dtype: tl.constexpr):
+def round_to(x, dtype: tl.constexpr):
     """fp32 -> dtype, to nearest even (bf16 by its bits: the interpreter's own bf16 cast truncates)."""
     if dtype == tl.bfloat16:
         return bf16_bits(x).to(tl.bfloat16, bitcast=True)
@@ -42,11 +42,11 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, T, D, x_stride, o_stride, eps, HAS_W
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * x_stride + cols[None, :], mask=mask, other=0.0)
     xf = x.to(tl.float32)
     ms = tl.sum(xf * xf, 1) / D + eps
-    r = tl.div_rn(tl.full(ms.shape, 1.0, tl.float32), tl.sqrt_rn(ms))  # IEEE-rounded, not the approximate rsqrt
-    y = _round_to(xf * r[:, None], x.dtype)
+    r = tl.div_rn(1.0, tl.sqrt_rn(ms))  # IEEE-rounded, not the approximate rsqrt
+    y = round_to(xf * r[:, None], x.dtype)
     if HAS_WEIGHT:
         w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-        y = _round_to(w[None, :] * y.to(tl.float32), x.dtype)
+        y = round_to(w[None, :] * y.to(tl.float32), x.dtype)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * o_stride + cols[None, :], y, mask=mask)
 
 

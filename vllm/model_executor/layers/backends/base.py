@@ -1,8 +1,9 @@
 """The MoE/GEMM backend interface: every non-attention op of a DeepSeek V4 layer that has a kernel.
 
-Linears (plain, block-FP8, MXFP4, grouped `wo_a`), the router, the routed + shared experts, RMSNorm and
-the mHC residual mixing. A backend declares where it runs (`unsupported_reason`) and implements the
-ops with the semantics of the references in `vllm/kernels/` (`*_ref`). Layers never branch on it.
+Linears (plain, block-FP8, MXFP4, grouped `wo_a`), the ffn norm with the router, the routed + shared
+experts, RMSNorm and the mHC residual mixing. A backend declares where it runs (`unsupported_reason`) and
+implements the ops with the semantics of the references in `vllm/kernels/` (`*_ref`). Layers never branch
+on it.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ class MoEGemmBackend(ABC):
         """Routed experts (+ the shared expert, unweighted) -> `[T, D]` (see fused_moe.fused_moe_ref)."""
 
     @abstractmethod
-    def router(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid2eid: torch.Tensor | None,
-               input_ids: torch.Tensor | None, *, top_k: int, score_func: str, renormalize: bool,
-               scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (weights `[T, k]` fp32, expert ids `[T, k]` int32) (see moe_router.router_ref)."""
+    def norm_router(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
+                    bias: torch.Tensor | None, tid2eid: torch.Tensor | None, input_ids: torch.Tensor | None, *,
+                    top_k: int, score_func: str, renormalize: bool,
+                    scaling: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ffn input's RMSNorm and the router as one op (a backend may fuse them) -> (normed x, weights,
+        ids) (see moe_router.norm_router_ref)."""
 
     @abstractmethod
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:

@@ -21,9 +21,10 @@ class TorchMoEGemmBackend(MoEGemmBackend):
     def moe(self, x, topk_weights, topk_ids, routed, shared, limit):
         return fused_moe.fused_moe_ref(x, topk_weights, topk_ids, routed, limit, shared)
 
-    def router(self, x, weight, bias, tid2eid, input_ids, *, top_k, score_func, renormalize, scaling):
-        return moe_router.router_ref(x, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,
-                                     renormalize=renormalize, scaling=scaling)
+    def norm_router(self, x, norm_weight, eps, weight, bias, tid2eid, input_ids, *, top_k, score_func,
+                    renormalize, scaling):
+        return moe_router.norm_router_ref(x, norm_weight, eps, weight, bias, tid2eid, input_ids,
+                                          top_k=top_k, score_func=score_func, renormalize=renormalize, scaling=scaling)
 
     def rms_norm(self, x, weight, eps):
         return rms_norm.rms_norm_ref(x, weight, eps)

@@ -22,9 +22,10 @@ class TritonMoEGemmBackend(MoEGemmBackend):
         return fused_moe.fused_moe(x, topk_weights, topk_ids, routed, limit, shared,
                                    fuse_shared=None if self.fuse_shared_experts else False)
 
-    def router(self, x, weight, bias, tid2eid, input_ids, *, top_k, score_func, renormalize, scaling):
-        return moe_router.router(x, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,
-                                 renormalize=renormalize, scaling=scaling)
+    def norm_router(self, x, norm_weight, eps, weight, bias, tid2eid, input_ids, *, top_k, score_func,
+                    renormalize, scaling):
+        return moe_router.norm_router(x, norm_weight, eps, weight, bias, tid2eid, input_ids,
+                                      top_k=top_k, score_func=score_func, renormalize=renormalize, scaling=scaling)
 
     def rms_norm(self, x, weight, eps):
         return rms_norm.rms_norm(x, weight, eps)

@@ -36,7 +36,7 @@ class DeepseekV4Block(nn.Module):
         x, post, comb = self.hc_attn.pre(streams)
         streams = self.hc_attn.post(self.attn(self.attn_norm(x), positions), streams, post, comb)
         x, post, comb = self.hc_ffn.pre(streams)
-        return self.hc_ffn.post(self.ffn(self.ffn_norm(x), input_ids), streams, post, comb)
+        return self.hc_ffn.post(self.ffn(x, input_ids, self.ffn_norm), streams, post, comb)
 
 
 class DeepseekV4MTPBlock(DeepseekV4Block):

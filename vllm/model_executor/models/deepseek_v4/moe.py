@@ -12,6 +12,7 @@ from torch import nn
 
 from vllm.forward_context import current_moe_gemm_backend
 from vllm.kernels.fused_moe import ExpertWeights
+from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear, copy_checked
 from vllm.model_executor.layers.quantization.methods import LinearMethod
 from vllm.model_executor.models.deepseek_v4.config import DeepseekV4Config
@@ -37,11 +38,13 @@ class Router(nn.Module):
         else:
             self.bias = nn.Parameter(torch.empty(cfg.n_routed_experts, dtype=torch.float32), requires_grad=False)
 
-    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (weights `[T, k]` fp32, expert ids `[T, k]` int32)."""
-        return current_moe_gemm_backend().router(
-            x, self.weight, None if self.is_hash else self.bias, self.tid2eid if self.is_hash else None,
-            input_ids if self.is_hash else None, top_k=self.k, score_func=self.score_func,
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor,
+                norm: RMSNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ffn input x normalized by `norm` and routed, as one op (the backend may fuse them) ->
+        (normed x, weights `[T, k]` fp32, expert ids `[T, k]` int32)."""
+        routing = (None, self.tid2eid, input_ids) if self.is_hash else (self.bias, None, None)
+        return current_moe_gemm_backend().norm_router(
+            x, norm.weight, norm.eps, self.weight, *routing, top_k=self.k, score_func=self.score_func,
             renormalize=self.renormalize, scaling=self.scaling)
 
 
@@ -96,7 +99,8 @@ class DeepseekV4MoE(nn.Module):
         self.experts = RoutedExperts(cfg, expert, dtype)
         self.shared_experts = SharedExpert(cfg, dense, dtype)
 
-    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        weights, ids = self.gate(x, input_ids)
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        """x: the ffn input, normalized here by `norm` (with the routing)."""
+        x, weights, ids = self.gate(x, input_ids, norm)
         return current_moe_gemm_backend().moe(x, weights, ids, self.experts.weights(),
                                               self.shared_experts.weights(), self.limit)
