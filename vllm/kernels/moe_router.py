@@ -236,19 +236,23 @@ def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_
     d0 = split * d_per_split
     if GEMV:  # one token (BLOCK_T 1): products on the CUDA cores, fp32, summed over D once at the end
         w_rows = w_ptr + cols[:, None].to(tl.int64) * w_stride
-        prod = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
+        end = tl.minimum(d0 + d_per_split, D)
+        k = d0 + tl.arange(0, BLOCK_D)
+        wt = tl.load(w_rows + k[None, :], mask=emask[:, None] & (k < end)[None, :], other=0.0)  # [BLOCK_E, BLOCK_D]
         inv_rms = 0.0
-        if NORM:  # x is the RMSNorm's input: every program takes the row's statistic (the same sum each)
-            inv_rms = _inv_rms(x_ptr, D, norm_eps, BLOCK_ROW)
-        for d in range(d0, tl.minimum(d0 + d_per_split, D), BLOCK_D):
+        if NORM:  # x is the RMSNorm's input: every program takes the row's statistic (the same sum each),
+            inv_rms = _inv_rms(x_ptr, D, norm_eps, BLOCK_ROW)  # its first weight block already on the way
+        prod = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
+        for d in range(d0, end, BLOCK_D):
             k = d + tl.arange(0, BLOCK_D)
-            kmask = k < D
+            kmask = k < end
+            if d > d0:
+                wt = tl.load(w_rows + k[None, :], mask=emask[:, None] & kmask[None, :], other=0.0)
             xv = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
             if NORM:  # rounded as the standalone norm rounds; the first expert block stores the normed row
                 xv = _normed(xv, inv_rms, norm_w_ptr, k, kmask, x_ptr.dtype.element_ty)
                 if tl.program_id(1) == 0:
                     tl.store(normed_ptr + k, xv.to(normed_ptr.dtype.element_ty), mask=kmask)
-            wt = tl.load(w_rows + k[None, :], mask=emask[:, None] & kmask[None, :], other=0.0)  # [BLOCK_E, BLOCK_D]
             prod += wt.to(tl.float32) * xv[None, :]
         acc = tl.sum(prod, 1)[None, :]
     else:
