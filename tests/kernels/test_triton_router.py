@@ -161,12 +161,14 @@ def test_replay_is_deterministic():
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
 
 
+@pytest.mark.parametrize("launch", [{}, SPLIT_D], ids=["default", "split-d"])
 @pytest.mark.parametrize("hash_layer", [False, True], ids=["topk", "hash"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("t", [1, 5])
-def test_norm_router_matches_norm_then_router(t, dtype, hash_layer):
+def test_norm_router_matches_norm_then_router(t, dtype, hash_layer, launch):
     """The ffn norm and the router: fused in one launch at one token (every program normalizes the row
-    itself, the first expert block stores it), the norm kernel then the router above."""
+    itself, the first expert block stores it; split-d: several D chunks a program), the norm kernel then
+    the router above."""
     x, w, b = _params(t, 100, 24, dtype, seed=13)
     x = x * 4 + 1  # off unit scale, so the norm matters
     g = torch.Generator().manual_seed(14)
@@ -178,7 +180,7 @@ def test_norm_router_matches_norm_then_router(t, dtype, hash_layer):
     else:
         args = (b, None, None)
     kw = dict(top_k=6, score_func="sqrtsoftplus", renormalize=True, scaling=1.5)
-    normed, wts, ids = mr.norm_router(x, norm_w, 1e-6, w, *args, **kw)
+    normed, wts, ids = mr.norm_router(x, norm_w, 1e-6, w, *args, **kw, **launch)
     ref = mr.norm_router_ref(x, norm_w, 1e-6, w, *args, **kw)
     assert mr.launch_config(t, 24, 100, 4)["gemv"] == (t == 1)
     assert_close(normed, ref[0], 1e-5 if dtype == torch.float32 else 1e-3, "normed x")
