@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from vllm.kernels import fused_moe as fm  # noqa: E402
+from vllm.kernels import fused_moe as fm, moe_align as ma  # noqa: E402
 from vllm.kernels.act_quant import act_quant_fp8, act_quant_fp8_ref  # noqa: E402
 from vllm.kernels.quant_gemm import FP8_BLOCK, MXFP4, PLAIN, QuantWeight, linear, linear_ref  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
@@ -88,7 +88,7 @@ def test_linear_bf16_on_gpu(fmt):
         assert_close(linear(x, w), linear_ref(x, w), TOL[torch.bfloat16], f"{fmt} bf16 m={m}")
 
 
-def _check_alignment(al: fm.MoEAlignment, ids: torch.Tensor, num_experts: int, block_m: int) -> None:
+def _check_alignment(al: ma.MoEAlignment, ids: torch.Tensor, num_experts: int, block_m: int) -> None:
     """Every pair exactly once, each block holds pairs of its own expert only, blocks of an expert
     contiguous and in expert order, unused blocks (-1) empty and last."""
     pairs, experts = al.sorted_pairs.view(-1, block_m).cpu(), al.block_expert.cpu()
@@ -105,7 +105,7 @@ def _check_alignment(al: fm.MoEAlignment, ids: torch.Tensor, num_experts: int, b
     assert sorted(seen) == list(range(flat.numel()))
 
 
-@pytest.mark.parametrize("align", [fm.moe_align, fm.moe_align_ref])
+@pytest.mark.parametrize("align", [ma.moe_align, ma.moe_align_ref])
 def test_moe_align_groups_pairs_by_expert(align):
     ids = torch.tensor([[3, 0], [3, 1], [3, 0], [2, 3]], device=DEV)
     _check_alignment(align(ids, num_experts=5, block_m=2), ids, 5, 2)  # expert 4 has no block
@@ -122,8 +122,8 @@ def test_moe_align_kernel_layout_matches_reference(case, shared):
     e, bm = 257, 16
     ids = {"many-chunks": torch.randint(0, e, (700, 7), generator=g), "one-expert": torch.full((300, 1), 5),
            "one-pair": torch.tensor([[e - 1]])}[case].to(DEV, torch.int32)
-    al, ref = fm.moe_align(ids, e, bm, shared), fm.moe_align_ref(ids, e, bm, shared)
-    _check_alignment(al, fm._with_shared(ids, e) if shared else ids, e + shared, bm)
+    al, ref = ma.moe_align(ids, e, bm, shared), ma.moe_align_ref(ids, e, bm, shared)
+    _check_alignment(al, ma.with_shared(ids, e) if shared else ids, e + shared, bm)
     assert torch.equal(al.block_expert, ref.block_expert)
     rows, rows_ref = al.sorted_pairs.view(-1, bm), ref.sorted_pairs.view(-1, bm)
     assert torch.equal((rows >= 0).sum(1), (rows_ref >= 0).sum(1))

@@ -2,14 +2,14 @@
 clamped SwiGLU and the routing weight between them, and optionally the shared expert fused in as
 one more always-selected expert (weight 1, its own weight format).
 
-Flow: `moe_align` sorts the (token, slot) pairs by expert into BLOCK_M-row blocks (each block one
-expert; -1 pads; the streaming form's one-row blocks need no sort: block m is pair m) -> kernel 1
-computes gate and up for a block's rows, h = silu(min(g, L)) * clamp(u, -L, L) * w_route -> (FP8
-quantization of h when the format wants it) -> kernel 2 h @ w2^T
-per pair -> the pairs of each token summed. Formats: `QuantWeight` (plain, fp8_block, mxfp4);
-the shared expert may differ from the routed ones (V4: FP8 shared, MXFP4 routed), each block
-branches on its expert. Numerics follow `fused_moe_ref` (the model's math): gate/up rounded to
-the activation dtype before the SwiGLU, h weighted before w2, routed sum in fp32, shared added last.
+Flow: `moe_align` (`moe_align.py`) sorts the (token, slot) pairs by expert into BLOCK_M-row blocks
+(each block one expert; -1 pads; the streaming form's one-row blocks need no sort: block m is pair
+m) -> kernel 1 computes gate and up for a block's rows, h = silu(min(g, L)) * clamp(u, -L, L) *
+w_route -> (FP8 quantization of h when the format wants it) -> kernel 2 h @ w2^T per pair -> the
+pairs of each token summed. Formats: `QuantWeight` (plain, fp8_block, mxfp4); the shared expert may
+differ from the routed ones (V4: FP8 shared, MXFP4 routed), each block branches on its expert.
+Numerics follow `fused_moe_ref` (the model's math): gate/up rounded to the activation dtype before
+the SwiGLU, h weighted before w2, routed sum in fp32, shared added last.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vllm.kernels._triton import dot_precision, launch_first_fitting, max_shared_memory, next_pow2, tl, triton
+from vllm.kernels._triton import dot_precision, launch_first_fitting, max_shared_memory, tl, triton
 from vllm.kernels.act_quant import act_quant_fp8
+from vllm.kernels.moe_align import MoEAlignment, moe_align, pair_expert, routed_slot
 from vllm.kernels.moe_stream import stream_k_tile, stream_row
 from vllm.kernels.quant_gemm import (ACT_BLOCK, _FMT_CODE, FP8_BLOCK, MXFP4, QuantWeight, _accumulate, compute_dtype,
                                      linear, linear_ref, mxfp4_scaled_dot)
@@ -67,124 +68,6 @@ def fused_moe_ref(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.T
     return out if shared is None else out + dense_expert(x, shared, limit)
 
 
-class MoEAlignment(NamedTuple):
-    sorted_pairs: torch.Tensor
-    """`[blocks * BLOCK_M]` int32: pair ids (token * slots + slot) grouped by expert, -1 = padding."""
-    block_expert: torch.Tensor
-    """`[blocks]` int32: the expert of each block, -1 = unused block (its programs exit)."""
-
-
-def _max_blocks(pairs: int, num_experts: int, block_m: int) -> int:
-    """ceil(P / block_m) + min(P, E) bounds Σ_e ceil(count_e / block_m): fixed sizes, no host sync."""
-    return -(-pairs // block_m) + min(pairs, num_experts)
-
-
-def _with_shared(topk_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """topk_ids with the shared expert (id num_experts) appended to every token: `[T, k + 1]`."""
-    return torch.cat([topk_ids, torch.full_like(topk_ids[:, :1], num_experts)], 1)
-
-
-def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int, shared_expert: bool = False) -> MoEAlignment:
-    """Group the pairs by expert into block_m-row blocks (torch ops, stable order within an expert).
-    `shared_expert`: every token has one more pair, slot k, on expert num_experts (the shared expert,
-    always selected), as if topk_ids had that column; the layout then covers num_experts + 1 experts."""
-    if shared_expert:
-        topk_ids, num_experts = _with_shared(topk_ids, num_experts), num_experts + 1
-    flat = topk_ids.flatten().long()
-    p = flat.numel()
-    max_blocks = _max_blocks(p, num_experts, block_m)
-    order = torch.argsort(flat, stable=True)
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device)
-    counts.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would sync with the host
-    blocks_per = (counts + block_m - 1) // block_m
-    block_end = torch.cumsum(blocks_per, 0)
-    row_start = torch.cumsum(counts, 0) - counts
-    expert_sorted = flat[order]
-    rank = torch.arange(p, device=flat.device) - row_start[expert_sorted]
-    dest = (block_end - blocks_per)[expert_sorted] * block_m + rank
-    sorted_pairs = torch.full((max_blocks * block_m,), -1, dtype=torch.int32, device=flat.device)
-    sorted_pairs[dest] = order.to(torch.int32)
-    b = torch.arange(max_blocks, device=flat.device)
-    block_expert = torch.searchsorted(block_end, b, right=True)
-    block_expert = torch.where(block_expert < num_experts, block_expert, -1).to(torch.int32)
-    return MoEAlignment(sorted_pairs, block_expert)
-
-
-@triton.jit
-def _routed_slot(pair, ok, slots, SHARED: tl.constexpr):
-    """Where each pair's routed slot sits in the `[T, k]` routing tensors, and whether it has one: with
-    SHARED a token's `slots` pairs are its k = slots - 1 routed ones, then the shared expert's (which
-    is stored nowhere)."""
-    if SHARED:
-        slot = pair % slots
-        return (pair // slots) * (slots - 1) + slot, ok & (slot < slots - 1)
-    return pair, ok
-
-
-@triton.jit
-def _pair_expert(ids_ptr, pair, ok, slots, shared_id, SHARED: tl.constexpr):
-    """The expert of each pair: from topk_ids, or `shared_id` for the shared expert's (SHARED)."""
-    at, routed = _routed_slot(pair, ok, slots, SHARED)
-    e = tl.load(ids_ptr + at, mask=routed, other=0).to(tl.int32)
-    return tl.where(routed, e, shared_id) if SHARED else e
-
-
-@triton.jit
-def _align_layout_kernel(ids_ptr, cursor_ptr, block_expert_ptr, sorted_ptr, P, slots, E, max_blocks, block_m,
-                         SHARED: tl.constexpr, NB: tl.constexpr, CHUNK: tl.constexpr, BB: tl.constexpr):
-    """One program: expert histogram, each expert's first block (its row cursor for the scatter),
-    the expert of every block, and -1 in every row. (E counts the shared expert, the last, if SHARED.)"""
-    counts = tl.zeros((NB,), dtype=tl.int32)
-    for p0 in range(0, P, CHUNK):
-        offs = p0 + tl.arange(0, CHUNK)
-        ok = offs < P
-        counts += tl.histogram(_pair_expert(ids_ptr, offs, ok, slots, E - 1, SHARED), NB, mask=ok)
-    blocks = (counts + block_m - 1) // block_m
-    end = tl.cumsum(blocks, 0)  # bins past E hold no pairs: their end is the total
-    bins = tl.arange(0, NB)
-    tl.store(cursor_ptr + bins, (end - blocks) * block_m, mask=bins < E)
-    for b0 in range(0, max_blocks, BB):
-        b = b0 + tl.arange(0, BB)
-        expert = tl.sum((end[None, :] <= b[:, None]).to(tl.int32), 1)  # experts whose blocks end by b
-        tl.store(block_expert_ptr + b, tl.where(expert < E, expert, -1), mask=b < max_blocks)
-    for r0 in range(0, max_blocks * block_m, CHUNK):
-        r = r0 + tl.arange(0, CHUNK)
-        tl.store(sorted_ptr + r, tl.full((CHUNK,), -1, tl.int32), mask=r < max_blocks * block_m)
-
-
-@triton.jit
-def _align_scatter_kernel(ids_ptr, cursor_ptr, sorted_ptr, P, slots, E, SHARED: tl.constexpr, CHUNK: tl.constexpr):
-    """Each pair takes the next row of its expert (atomic cursor): order within an expert is
-    arbitrary, which no result depends on (rows are computed independently, slots summed in order)."""
-    offs = tl.program_id(0) * CHUNK + tl.arange(0, CHUNK)
-    ok = offs < P
-    e = _pair_expert(ids_ptr, offs, ok, slots, E - 1, SHARED)
-    row = tl.atomic_add(cursor_ptr + e, 1, mask=ok)
-    tl.store(sorted_ptr + row, offs.to(tl.int32), mask=ok)
-
-
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, shared_expert: bool = False) -> MoEAlignment:
-    """Triton `moe_align_ref` in two launches (layout, then scatter), graph-capturable; the rows of
-    an expert may come in any order. The shared expert's pairs are made in the kernels (no copy of
-    topk_ids with its column)."""
-    assert topk_ids.dim() == 2 and topk_ids.is_contiguous() and not topk_ids.is_floating_point(), \
-        "topk_ids must be a contiguous integer [T, k]"
-    flat = topk_ids.flatten()
-    slots = topk_ids.shape[1] + shared_expert
-    num_experts += shared_expert
-    p = topk_ids.shape[0] * slots
-    max_blocks = _max_blocks(p, num_experts, block_m)
-    cursor = torch.empty(num_experts, dtype=torch.int32, device=flat.device)
-    block_expert = torch.empty(max_blocks, dtype=torch.int32, device=flat.device)
-    sorted_pairs = torch.empty(max_blocks * block_m, dtype=torch.int32, device=flat.device)
-    if max_blocks:
-        _align_layout_kernel[(1,)](flat, cursor, block_expert, sorted_pairs, p, slots, num_experts, max_blocks, block_m,
-                                   SHARED=shared_expert, NB=next_pow2(num_experts), CHUNK=1024, BB=16, num_warps=8)
-        _align_scatter_kernel[(triton.cdiv(p, 1024),)](flat, cursor, sorted_pairs, p, slots, num_experts,
-                                                       SHARED=shared_expert, CHUNK=1024, num_warps=4)
-    return MoEAlignment(sorted_pairs, block_expert)
-
-
 @triton.jit
 def _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, n, n_ok, K,
                  stride_wn, stride_wsn, stride_wsk, GATED: tl.constexpr, W_FMT: tl.constexpr, A_FP8: tl.constexpr,
@@ -212,7 +95,7 @@ def _expert_tile(a_ptr, arow, row_ok, as_ptr, stride_am, stride_asm, w1_ptr, ws1
 @triton.jit
 def _route_weight(route_ptr, pairs, row_ok, slots, HAS_SHARED: tl.constexpr):
     """Routing weight of each pair (`route` `[T, k]`); the shared expert's (HAS_SHARED) is 1."""
-    at, routed = _routed_slot(pairs, row_ok, slots, HAS_SHARED)
+    at, routed = routed_slot(pairs, row_ok, slots, HAS_SHARED)
     w = tl.load(route_ptr + at, mask=routed, other=0.0)
     return tl.where(routed, w, 1.0) if HAS_SHARED else w
 
@@ -234,7 +117,7 @@ def _moe_gemm_kernel(a_ptr, as_ptr, w1_ptr, ws1_ptr, w3_ptr, ws3_ptr, s1_ptr, ss
     pid_m, pid_n = tl.program_id(0), tl.program_id(1)
     if STREAM:  # one-row blocks: block m is pair m, no alignment; pairs_ptr holds topk_ids `[T, k]`
         pairs = (pid_m + tl.arange(0, BM)).to(tl.int64)
-        expert = tl.max(_pair_expert(pairs_ptr, pairs, pairs >= 0, slots, shared_id, HAS_SHARED), 0)
+        expert = tl.max(pair_expert(pairs_ptr, pairs, pairs >= 0, slots, shared_id, HAS_SHARED), 0)
     else:
         expert = tl.load(block_expert_ptr + pid_m)
         pairs = tl.load(pairs_ptr + pid_m * BM + tl.arange(0, BM)).to(tl.int64)
@@ -434,5 +317,4 @@ def fused_moe(x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tenso
     return out
 
 
-__all__ = ["ExpertWeights", "MoEAlignment", "clamped_swiglu", "dense_expert", "fused_moe", "fused_moe_ref", "moe_align",
-           "moe_align_ref"]
+__all__ = ["ExpertWeights", "clamped_swiglu", "dense_expert", "fused_moe", "fused_moe_ref"]
