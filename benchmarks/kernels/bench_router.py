@@ -4,8 +4,11 @@ Top-k layers (sqrt-softplus, bias, x1.5) and hash layers, T = 1 .. 4096 tokens. 
 result is checked against router_ref first (ids exactly where the reference scores are not a
 rounding hair apart, weights to 1e-4), then timed as CUDA graph replays; the torch reference is
 timed eagerly. Bytes (gate weight + x + outputs) and FLOPs (2 T D E) give the roofline.
+`--after-norm T,...` also times the router where the model runs it, after the ffn RMSNorm (torch
+norm, Triton norm, and `norm_router`'s single launch).
 
     PYTHONPATH=. python benchmarks/kernels/bench_router.py --out benchmarks/results/h100_router.json
+    PYTHONPATH=. python benchmarks/kernels/bench_router.py --tokens 1 --after-norm 1 --out /tmp/router_t1.json
     PYTHONPATH=. python benchmarks/kernels/bench_router.py --quick --out /tmp/router.json   # CPU dry run
 """
 
