@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from vllm.kernels._triton import dot_precision, interpreting, next_pow2, tl, triton
 from vllm.kernels.router_select import score, select
-from vllm.kernels.rms_norm import rms_norm as rms_norm_kernel, rms_norm_ref, round_to
+from vllm.kernels.rms_norm import inv_rms, normalize, rms_norm as rms_norm_kernel, rms_norm_ref
 
 SCORE_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 _SCORE_FNS = {
@@ -78,23 +78,6 @@ def router_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 
 @triton.jit
-def _inv_rms(x_ptr, D, eps, BLOCK_ROW: tl.constexpr):
-    """1 / sqrt(mean(x^2) + eps) of the row at x_ptr: fp32, IEEE sqrt and divide (as rms_norm's kernel)."""
-    cols = tl.arange(0, BLOCK_ROW)
-    xf = tl.load(x_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-    ms = tl.sum(xf * xf, 0) / D + eps
-    return tl.div_rn(1.0, tl.sqrt_rn(ms))
-
-
-@triton.jit
-def _normed(xv, inv_rms, norm_w_ptr, k, kmask, DTYPE: tl.constexpr):
-    """RMSNorm of x's channels k (fp32 in and out): x * inv_rms rounded to x's dtype, times the norm
-    weight, rounded again (rms_norm_ref)."""
-    nw = tl.load(norm_w_ptr + k, mask=kmask, other=0.0).to(tl.float32)
-    return round_to(nw * round_to(xv * inv_rms, DTYPE).to(tl.float32), DTYPE).to(tl.float32)
-
-
-@triton.jit
 def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_ptr, out_w_ptr, out_id_ptr,
                    norm_w_ptr, normed_ptr, norm_eps,
                    T, E, D, d_per_split, x_stride, w_stride, tid_stride, scaling, top_k, topk_group, group_size,
@@ -115,9 +98,11 @@ def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_
         end = tl.minimum(d0 + d_per_split, D)
         k = d0 + tl.arange(0, BLOCK_D)
         wt = tl.load(w_rows + k[None, :], mask=emask[:, None] & (k < end)[None, :], other=0.0)  # [BLOCK_E, BLOCK_D]
-        inv_rms = 0.0
+        rstd = 0.0
         if NORM:  # x is the RMSNorm's input: every program takes the row's statistic (the same sum each),
-            inv_rms = _inv_rms(x_ptr, D, norm_eps, BLOCK_ROW)  # its first weight block already on the way
+            row = tl.arange(0, BLOCK_ROW)  # its first weight block already on the way
+            xr = tl.load(x_ptr + row, mask=row < D, other=0.0).to(tl.float32)
+            rstd = inv_rms(tl.sum(xr * xr, 0), D, norm_eps)
         prod = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
         for d in range(d0, end, BLOCK_D):
             k = d + tl.arange(0, BLOCK_D)
@@ -126,7 +111,8 @@ def _router_kernel(x_ptr, w_ptr, part_ptr, count_ptr, bias_ptr, tid_ptr, ids_in_
                 wt = tl.load(w_rows + k[None, :], mask=emask[:, None] & kmask[None, :], other=0.0)
             xv = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
             if NORM:  # rounded as the standalone norm rounds; the first expert block stores the normed row
-                xv = _normed(xv, inv_rms, norm_w_ptr, k, kmask, x_ptr.dtype.element_ty)
+                nw = tl.load(norm_w_ptr + k, mask=kmask, other=0.0).to(tl.float32)
+                xv = normalize(xv, rstd, nw, x_ptr.dtype.element_ty, True).to(tl.float32)
                 if tl.program_id(1) == 0:
                     tl.store(normed_ptr + k, xv.to(normed_ptr.dtype.element_ty), mask=kmask)
             prod += wt.to(tl.float32) * xv[None, :]

@@ -34,6 +34,22 @@ def round_to(x, dtype: tl.constexpr):
 
 
 @triton.jit
+def inv_rms(sum_sq, D, eps):
+    """1 / sqrt(sum_sq / D + eps): IEEE-rounded sqrt and divide, not the approximate rsqrt."""
+    return tl.div_rn(1.0, tl.sqrt_rn(sum_sq / D + eps))
+
+
+@triton.jit
+def normalize(xf, r, w, DTYPE: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """x * r rounded to DTYPE, then (HAS_WEIGHT) times the fp32 weight w rounded again: rms_norm_ref's
+    two roundings, on broadcastable fp32 x, r and w."""
+    y = round_to(xf * r, DTYPE)
+    if HAS_WEIGHT:
+        y = round_to(w * y.to(tl.float32), DTYPE)
+    return y
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, T, D, x_stride, o_stride, eps, HAS_WEIGHT: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
@@ -41,12 +57,11 @@ def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, T, D, x_stride, o_stride, eps, HAS_W
     mask = (rows < T)[:, None] & (cols < D)[None, :]
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * x_stride + cols[None, :], mask=mask, other=0.0)
     xf = x.to(tl.float32)
-    ms = tl.sum(xf * xf, 1) / D + eps
-    r = tl.div_rn(1.0, tl.sqrt_rn(ms))  # IEEE-rounded, not the approximate rsqrt
-    y = round_to(xf * r[:, None], x.dtype)
+    r = inv_rms(tl.sum(xf * xf, 1), D, eps)
+    w = 1.0
     if HAS_WEIGHT:
-        w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)
-        y = round_to(w[None, :] * y.to(tl.float32), x.dtype)
+        w = tl.load(w_ptr + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
+    y = normalize(xf, r[:, None], w, x.dtype, HAS_WEIGHT)
     tl.store(out_ptr + rows[:, None].to(tl.int64) * o_stride + cols[None, :], y, mask=mask)
 
 
