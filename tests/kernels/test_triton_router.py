@@ -186,3 +186,11 @@ def test_norm_router_matches_norm_then_router(t, dtype, hash_layer, launch):
     assert_close(normed, ref[0], 1e-5 if dtype == torch.float32 else 1e-3, "normed x")
     clear = _clear(_sel(ref[0], w, b, "sqrtsoftplus"), 6) if not hash_layer else torch.ones(t, dtype=torch.bool)
     _check((wts, ids), ref[1:], clear.to(DEV))
+
+
+def test_zero_tokens():
+    x, w, b = _params(0, 64, 8)
+    kw = dict(top_k=2, score_func="sqrtsoftplus", renormalize=True, scaling=1.0)
+    wts, ids = mr.router(x, w, b, None, None, **kw)
+    normed, wts2, ids2 = mr.norm_router(x, torch.ones(64, device=DEV), 1e-6, w, b, None, None, **kw)
+    assert wts.shape == ids.shape == wts2.shape == ids2.shape == (0, 2) and normed.shape == (0, 64)

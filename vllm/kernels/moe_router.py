@@ -176,6 +176,7 @@ def launch_config(t: int, e: int, d: int, sms: int) -> dict:
     sel_t is at most the tokens: rows past T still cost the selection their instructions (H200: 4
     masked rows made it 3x slower at T=1).
     """
+    t = max(t, 1)  # no tokens: nothing launches, any configuration serves
     if t == 1:  # (block_e, block_d, splits, warps) from an H200 sweep of GEMV tiles and D splits
         grid = triton.cdiv(e, 32)
         splits = max(1, min(16, triton.cdiv(d, 256), sms // grid))
@@ -209,8 +210,9 @@ def router(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tid
     `[T, top_k]` int32). bf16 x bf16 dots run on the tensor cores with fp32 accumulation; an fp32
     operand makes it a full-precision fp32 dot. Hash routing ignores bias; ids in tid2eid must lie in
     [0, E) and input_ids in [0, V) (not checked on the device). `launch` overrides launch_config's keys."""
-    return _route(x, weight, bias, tid2eid, input_ids, None, top_k=top_k, score_func=score_func,
-                  renormalize=renormalize, scaling=scaling, n_group=n_group, topk_group=topk_group, **launch)
+    cfg = {**launch_config(x.shape[0], weight.shape[0], x.shape[1], _sms(x.device)), **launch}
+    return _route(x, weight, bias, tid2eid, input_ids, None, cfg, top_k=top_k, score_func=score_func,
+                  renormalize=renormalize, scaling=scaling, n_group=n_group, topk_group=topk_group)
 
 
 def norm_router_ref(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor, *args,
@@ -229,26 +231,26 @@ def norm_router(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     norm rounds), the first expert block stores the normed row for the experts. More tokens: the norm
     kernel, then the router (each program would re-read all of its rows for the statistic)."""
     cfg = {**launch_config(x.shape[0], weight.shape[0], x.shape[1], _sms(x.device)), **launch}
+    kw = dict(top_k=top_k, score_func=score_func, renormalize=renormalize, scaling=scaling, n_group=n_group,
+              topk_group=topk_group)
     if not cfg["gemv"]:
         normed = rms_norm_kernel(x, norm_weight, eps)
-        return (normed, *router(normed, weight, bias, tid2eid, input_ids, top_k=top_k, score_func=score_func,
-                                renormalize=renormalize, scaling=scaling, n_group=n_group, topk_group=topk_group,
-                                **launch))
+        return (normed, *_route(normed, weight, bias, tid2eid, input_ids, None, cfg, **kw))
     assert norm_weight.shape == (x.shape[1],), f"norm weight must be [{x.shape[1]}]"
     assert x.dim() == 2 and x.stride(1) == 1, "x must be [T, D] with unit stride on D"
     normed = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return (normed, *_route(x, weight, bias, tid2eid, input_ids, (norm_weight.contiguous(), normed, eps),
-                            top_k=top_k, score_func=score_func, renormalize=renormalize, scaling=scaling,
-                            n_group=n_group, topk_group=topk_group, **launch))
+    return (normed, *_route(x, weight, bias, tid2eid, input_ids, (norm_weight.contiguous(), normed, eps), cfg,
+                            **kw))
 
 
 def _sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _route(x, weight, bias, tid2eid, input_ids, norm, *, top_k: int, score_func: str, renormalize: bool,
-           scaling: float, n_group: int, topk_group: int, **launch) -> tuple[torch.Tensor, torch.Tensor]:
-    """router's launch; norm: (norm weight, normed output, eps) when x is the RMSNorm's input (gemv form)."""
+def _route(x, weight, bias, tid2eid, input_ids, norm, cfg: dict, *, top_k: int, score_func: str,
+           renormalize: bool, scaling: float, n_group: int, topk_group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """router's launch with the launch configuration `cfg`; norm: (norm weight, normed output, eps) when x
+    is the RMSNorm's input (gemv form)."""
     assert score_func in SCORE_FUNCS, f"score_func {score_func!r} not in {SCORE_FUNCS}"
     assert x.dim() == 2 and weight.dim() == 2 and x.shape[1] == weight.shape[1], "x [T, D] and weight [E, D]"
     assert x.stride(1) == 1 and weight.stride(1) == 1, "x and weight need unit stride on D"
@@ -273,7 +275,6 @@ def _route(x, weight, bias, tid2eid, input_ids, norm, *, top_k: int, score_func:
     out_id = torch.empty(t, top_k, dtype=torch.int32, device=dev)
     if t == 0:
         return out_w, out_id
-    cfg = {**launch_config(t, e, d, _sms(dev)), **launch}
     bt, be, bd = cfg["block_t"], cfg["block_e"], cfg["block_d"]
     if cfg["gemv"]:
         assert bt == 1, "the CUDA-core (gemv) tiles take one token a program: block_t 1"
