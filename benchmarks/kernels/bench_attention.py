@@ -20,7 +20,7 @@ import triton
 from vllm.core.kv_cache.paged_rows import PagedRows
 from vllm.core.kv_cache.specs import LayerTensorSpec
 from vllm.kernels import compress_pool as cp
-from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa
+from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa, sparse_attn_sm90 as sm90
 from vllm.kernels.testing import assert_close
 
 from benchmarks.kernels.common import bench, ceilings, roofline
@@ -79,6 +79,8 @@ def best_config(fn, ref, configs, what):
 
 
 def run_decode(results, bw, mm, configs, contexts, batches, kinds):
+    """Each case on the kernel the default backend runs (`triton-sm90` on Hopper: its Gluon kernel where it
+    takes the call, with the portable kernel's time next to it; elsewhere the portable kernel)."""
     for fp8 in (True, False):
         for kind in kinds:
             for context in contexts:
@@ -86,13 +88,17 @@ def run_decode(results, bw, mm, configs, contexts, batches, kinds):
                     q, sources, sink, nbytes, flops = decode_case(batch, context, kind, fp8)
                     scale = D**-0.5
                     ref = sa.sparse_attn_ref(q, sources, sink, scale)
-                    best = best_config(lambda **c: sa.sparse_attn(q, sources, sink, scale, **c), ref, configs,
-                                       f"sparse_attn {kind} {context} {batch}")
-                    ref_us = bench(lambda: sa.sparse_attn_ref(q, sources, sink, scale), graph=False)
+                    what = f"sparse_attn {kind} {context} {batch}"
+                    best = best_config(lambda **c: sa.sparse_attn(q, sources, sink, scale, **c), ref, configs, what)
                     row = {"op": "sparse_attn_decode", "kv": "fp8_ds_mla" if fp8 else "bf16", "layer": kind,
                            "context": context, "batch": batch, "rows_per_query": sources[0][1].shape[1]
-                           + sources[1][1].shape[1], "config": best[1], **roofline(best[0], nbytes, flops, bw, mm),
-                           "torch_ref_us": round(ref_us, 1)}
+                           + sources[1][1].shape[1], "kernel": "portable", "config": best[1]}
+                    if sm90.takes(q, sources):
+                        row.update(kernel="sm90", config=sm90.launch_config(batch), portable_us=round(best[0], 2))
+                        best = best_config(lambda: sm90.sparse_attn_sm90(q, sources, sink, scale), ref, [{}],
+                                           what + " sm90")
+                    ref_us = bench(lambda: sa.sparse_attn_ref(q, sources, sink, scale), graph=False)
+                    row.update(**roofline(best[0], nbytes, flops, bw, mm), torch_ref_us=round(ref_us, 1))
                     results.append(row)
                     print(json.dumps(row), flush=True)
                     del q, sources, ref

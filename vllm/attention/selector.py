@@ -9,14 +9,17 @@ import torch
 from vllm.attention.backend import AttentionBackend
 from vllm.attention.backends.torch_backend import TorchAttentionBackend
 from vllm.attention.backends.triton_backend import TritonAttentionBackend
+from vllm.attention.backends.triton_sm90_backend import TritonSm90AttentionBackend
 from vllm.backend_selection import pick_backend
 
 logger = logging.getLogger("vllm.attention")
 
-_REGISTRY: dict[str, type[AttentionBackend]] = {b.name: b for b in (TorchAttentionBackend, TritonAttentionBackend)}
-# Preference per device type. Every CUDA GPU from SM 8.0 (SM12x included) resolves to `triton`;
-# `torch` (the references) is the fallback that runs anywhere.
-_PRIORITY: dict[str, tuple[str, ...]] = {"cpu": ("torch",), "cuda": ("triton", "torch")}
+_REGISTRY: dict[str, type[AttentionBackend]] = {
+    b.name: b for b in (TorchAttentionBackend, TritonAttentionBackend, TritonSm90AttentionBackend)}
+# Preference per device type. Hopper resolves to `triton-sm90` (its Gluon decode kernel, the portable
+# kernels for the rest); every other CUDA GPU from SM 8.0 (SM12x included) to `triton`; `torch` (the
+# references) is the fallback that runs anywhere.
+_PRIORITY: dict[str, tuple[str, ...]] = {"cpu": ("torch",), "cuda": ("triton-sm90", "triton", "torch")}
 
 
 def registered_backends() -> list[str]:

@@ -1,18 +1,21 @@
-"""Sparse MLA decode for Hopper (SM 9.x) in Gluon: the portable kernel's contract, an explicit pipeline.
+"""Sparse MLA decode for Hopper (SM 9.x) in Gluon: the portable kernel's contract, explicit warp roles.
 
 The portable Triton kernel (`sparse_attn.py`) leaves two things to the compiler that it cannot do
 for gathered rows: its pipeliner waits for every row copy at the top of each step (the copies'
 addresses come from an index read in the same step), and a dot feeding another dot gets all 8
 warps along the 64 heads, so both warpgroups compute the same scores. Gluon states both:
 
-- a ring of NUM_BUF row tiles in shared memory, filled by cp.async NUM_BUF - 1 tiles ahead, their
-  slots read one more tile ahead into registers, so neither the index read nor the copies wait;
-- QK on the tensor cores (wgmma) with the two warpgroups on different rows of the tile
+- load warps (a warp-specialized partition with few registers) read each tile's slots and cp.async
+  its rows into a ring of NUM_BUF shared-memory tiles; an mbarrier per tile says "landed" (the
+  copies' own arrival) and one says "consumed";
+- two math warpgroups (the registers freed by the load warps: a [64, 512] fp32 accumulator is 128
+  a thread) run QK on the tensor cores (wgmma) with the warpgroups on different rows of the tile
   (`[4, 2]` warps), P through shared memory, PV with each warpgroup on half the 512 channels.
 
 Plain (bf16/fp16) latent rows, all the heads of a query in blocks of 64 (a wgmma's M), two
 sources (window rows, compressed entries) as one list. The sink, the -1 skips, the splits of the
-list and their merge are the portable kernel's (its merge kernel is reused).
+list and their merge are the portable kernel's (its merge kernel is reused). fp8_ds_mla pages and
+small batches take the portable kernel (`takes`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,20 @@ try:  # Gluon ships with Triton >= 3.5; without it the portable kernel serves Ho
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
+                                                                  warpgroup_mma_wait)
 
     HAS_GLUON = HAS_TRITON
 except ImportError:  # pragma: no cover - depends on the Triton version
     HAS_GLUON = False
 
-BLOCK_H = 64  # heads a program: one wgmma M per warpgroup
-NUM_WARPS = 8  # two warpgroups
+BLOCK_H = 64  # heads a program: one wgmma M
+NUM_WARPS = 8  # two math warpgroups (the load warps come on top)
+MIN_PROGRAMS = 32
+LOAD_WARPS = 4  # fewer spill their row addresses
+# registers a load thread per tile height: the most that leave the math warpgroups unspilled
+# (compile-only check: tests/kernels/test_sparse_attn_sm90.py)
+LOAD_REGS = {64: 56, 32: 64}
 LOG2E = 1.4426950408889634
 
 if HAS_GLUON:
@@ -58,69 +67,47 @@ if HAS_GLUON:
         cp.async_copy_global_to_shared(dst, ptr, mask=valid[:, None])
 
     @gluon.jit
-    def _sparse_attn_sm90_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
-                                 src0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride,
-                                 src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride,
-                                 H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, qk_scale,
-                                 D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
-                                 NUM_SPLITS: gl.constexpr, num_warps: gl.constexpr):
-        BH: gl.constexpr = 64
-        dt: gl.constexpr = q_ptr.dtype.element_ty
-        t = gl.program_id(0).to(gl.int64)
-        hb = gl.program_id(1)
-        split = gl.program_id(2)
+    def _load_rows(src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles, kv_smem,
+                   full, empty, BLOCK_K: gl.constexpr, D: gl.constexpr, NUM_BUF: gl.constexpr):
+        """Producer warps: each tile's slots, then its rows by cp.async into the ring; a tile's `full` barrier
+        completes when every producer thread's copies have landed. A slot is read before waiting for the
+        buffer, so the read overlaps the wait."""
+        ld: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
+        cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
+        rows = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, ld))
+        for j in range(n_tiles):
+            b = j % NUM_BUF
+            slots, in0 = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + rows, hi)
+            mbarrier.wait(empty.index(b), ((j // NUM_BUF) & 1) ^ 1)  # a fresh barrier passes phase 1
+            _issue_rows(kv_smem.index(b), src0_ptr, src1_ptr, row0_stride, row1_stride, slots, in0, cols)
+            cp.mbarrier_arrive(full.index(b), increment_count=False)
 
-        # registers: 16-byte copies along a row; wgmma accumulators with the warpgroups side by side
-        ld: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [num_warps, 1], [1, 0])
+    @gluon.jit
+    def _attend(q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
+                out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
+                BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
+                NUM_SPLITS: gl.constexpr):
+        """Consumer warpgroups: per tile S = q K^T (the warpgroups on different rows), online softmax in log2
+        units, P through shared memory, acc += P V (each warpgroup on half the channels); then the output."""
+        dt: gl.constexpr = q_smem.dtype
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                            instr_shape=[16, BLOCK_K // 2, 16])
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                            instr_shape=[16, D // 2, 16])
-        q_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, D], dt)
-        kv_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt)
-        p_sl: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt)
-        q_smem = gl.allocate_shared_memory(dt, [BH, D], q_sl)
-        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D], kv_sl)
-        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], p_sl)
-
-        cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
-        heads_ld = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, ld))
-        q_rows = q_ptr + t * q_stride_t + heads_ld.to(gl.int64)[:, None] * q_stride_h
-        cp.async_copy_global_to_shared(q_smem, q_rows + cols[None, :], mask=(heads_ld < H)[:, None])
-
-        idx0 = idx0_ptr + t * idx0_stride
-        idx1 = idx1_ptr + t * idx1_stride
-        lo = split * split_len
-        hi = gl.minimum(lo + split_len, k0_len + k1_len)
-        n_tiles = gl.cdiv(hi - lo, BLOCK_K)
-        krow_ld = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, ld))
-        kcol_s = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, s_layout))
-
-        # prologue: tiles 0 .. NUM_BUF-2 in flight (q rides in the first group); the next tile's slots read
-        nxt, nxt0 = _tile_slots(idx0, idx1, k0_len, lo + krow_ld, hi)
-        for b in gl.static_range(NUM_BUF - 1):
-            _issue_rows(kv_smem.index(b), src0_ptr, src1_ptr, row0_stride, row1_stride, nxt, nxt0, cols)
-            cp.commit_group()
-            nxt, nxt0 = _tile_slots(idx0, idx1, k0_len, lo + (b + 1) * BLOCK_K + krow_ld, hi)
-
+        kcol = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, s_layout))
         m = gl.full([BH], -1e30, gl.float32, layout=gl.SliceLayout(1, s_layout))  # finite: alpha stays 0/1
         l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
         acc = gl.zeros([BH, D], gl.float32, layout=o_layout)
         for j in range(n_tiles):
-            gl.thread_barrier()  # every warp is done with tile j-1, whose buffer is refilled now
-            _issue_rows(kv_smem.index((j + NUM_BUF - 1) % NUM_BUF), src0_ptr, src1_ptr, row0_stride, row1_stride,
-                        nxt, nxt0, cols)
-            cp.commit_group()
-            nxt, nxt0 = _tile_slots(idx0, idx1, k0_len, lo + (j + NUM_BUF) * BLOCK_K + krow_ld, hi)
-            cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol_s, hi)  # cached: read a step ago
-            cp.wait_group(NUM_BUF - 1)  # tile j has landed (this thread's copies) ...
-            fence_async_shared()  # ... is visible to the tensor cores' proxy ...
-            gl.thread_barrier()  # ... for every thread's copies
-            kv = kv_smem.index(j % NUM_BUF)
+            b = j % NUM_BUF
+            cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol, hi)  # the producer read it: cached
+            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
+            fence_async_shared()  # the copies, visible to the tensor cores' proxy
+            kv = kv_smem.index(b)
             s = warpgroup_mma(q_smem, kv.permute((1, 0)), gl.zeros([BH, BLOCK_K], gl.float32, s_layout),
                               use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=[s])
-            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))  # log2 units
+            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
             m_new = gl.maximum(m, gl.max(s, axis=1))
             alpha = gl.exp2(m - m_new)
             p = gl.exp2(s - m_new[:, None])
@@ -128,11 +115,11 @@ if HAS_GLUON:
             m = m_new
             p_smem.store(p.to(dt))
             fence_async_shared()
-            gl.thread_barrier()
+            gl.thread_barrier()  # both warpgroups' P
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
             acc = warpgroup_mma(p_smem, kv, acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=[acc])
-        cp.wait_group(0)
+            mbarrier.arrive(empty.index(b))  # after both warpgroups: the buffer and P are free again
 
         heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
         hmask = heads < H
@@ -154,6 +141,53 @@ if HAS_GLUON:
                      mask=hmask[:, None])
             gl.store(part_lse_ptr + row, lse, mask=hmask)
 
+    @gluon.jit
+    def _sparse_attn_sm90_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
+                                 src0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride,
+                                 src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride,
+                                 H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, qk_scale,
+                                 D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
+                                 NUM_SPLITS: gl.constexpr, LOAD_WARPS: gl.constexpr, LOAD_REGS: gl.constexpr,
+                                 num_warps: gl.constexpr):
+        BH: gl.constexpr = 64
+        dt: gl.constexpr = q_ptr.dtype.element_ty
+        t = gl.program_id(0).to(gl.int64)
+        hb = gl.program_id(1)
+        split = gl.program_id(2)
+        q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
+        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
+        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
+        full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_BUF):
+            mbarrier.init(full.index(i), count=LOAD_WARPS * 32)  # one no-increment arrival per loading thread
+            mbarrier.init(empty.index(i), count=1)  # the consumer partition arrives once
+
+        # q into shared memory before the partitions fork
+        ld: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [num_warps, 1], [1, 0])
+        cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
+        heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, ld))
+        q_rows = q_ptr + t * q_stride_t + heads.to(gl.int64)[:, None] * q_stride_h
+        cp.async_copy_global_to_shared(q_smem, q_rows + cols[None, :], mask=(heads < H)[:, None])
+        cp.commit_group()
+        cp.wait_group(0)
+        fence_async_shared()
+        gl.thread_barrier()
+
+        idx0 = idx0_ptr + t * idx0_stride
+        idx1 = idx1_ptr + t * idx1_stride
+        lo = split * split_len
+        hi = gl.minimum(lo + split_len, k0_len + k1_len)
+        n_tiles = gl.cdiv(hi - lo, BLOCK_K)
+        gl.warp_specialize([
+            (_attend, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
+                       out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
+                       BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
+            (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
+                          kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
+        ], [LOAD_WARPS], [LOAD_REGS])
+
 
 def unsupported_reason(q: torch.Tensor, sources) -> str | None:
     """Why this kernel cannot take the call (None if it can): Gluon, a Hopper GPU, bf16/fp16 q of 512
@@ -173,14 +207,33 @@ def unsupported_reason(q: torch.Tensor, sources) -> str | None:
     return None
 
 
-def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_k: int = 64,
-                     num_buf: int = 2, num_splits: int | None = None) -> torch.Tensor:
-    """sparse_attn_ref's contract on Hopper (see `unsupported_reason` for what it takes)."""
+def takes(q: torch.Tensor, sources) -> bool:
+    """Whether the Hopper kernel should serve this call: it can, and the call fills the GPU. With fewer
+    than MIN_PROGRAMS (query, 64-head block) programs the portable kernel's narrower programs win (H200,
+    V4-Flash: 1 request 8.0 us portable vs 11.7; 8 requests 15.2 vs 14.7; 32 requests 29.9 vs 24.1)."""
+    return unsupported_reason(q, sources) is None and q.shape[0] * triton.cdiv(q.shape[1], BLOCK_H) >= MIN_PROGRAMS
+
+
+def launch_config(programs: int) -> dict:
+    """(block_k, num_buf) for `programs` (query, head block) programs: 64-row tiles in two buffers from
+    128 programs on (one a multiprocessor, tiles amortize the per-step synchronization), 32-row tiles
+    four deep below (split lists are short; more tiles in flight). H200 sweep:
+    benchmarks/results/h200_sparse_attn_sm90.json."""
+    return dict(block_k=64, num_buf=2) if programs >= 128 else dict(block_k=32, num_buf=4)
+
+
+def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_k: int | None = None,
+                     num_buf: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """sparse_attn_ref's contract on Hopper (see `unsupported_reason` for what it takes). Launch arguments
+    left None take launch_config's."""
     reason = unsupported_reason(q, sources)
     assert reason is None, f"sparse_attn_sm90 {reason}"
     assert q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
-    assert block_k in (32, 64) and num_buf >= 2, "block_k 32 or 64, at least 2 buffers"
     t, h, d = q.shape
+    cfg = launch_config(t * triton.cdiv(h, BLOCK_H))
+    block_k = cfg["block_k"] if block_k is None else block_k
+    num_buf = cfg["num_buf"] if num_buf is None else num_buf
+    assert block_k in (32, 64) and num_buf >= 2, "block_k 32 or 64, at least 2 buffers"
     out = torch.empty_like(q)
     if t == 0:
         return out
@@ -203,7 +256,8 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
         args[0].storage, args[0].indices, args[0].num_indices, args[0].index_stride, args[0].row_stride,
         a1.storage, a1.indices, a1.num_indices, a1.index_stride, a1.row_stride,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale * LOG2E,
-        D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=num_splits, num_warps=NUM_WARPS)
+        D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=num_splits, LOAD_WARPS=LOAD_WARPS,
+        LOAD_REGS=LOAD_REGS[block_k], num_warps=NUM_WARPS)
     if num_splits > 1:
         portable._merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
                                               BLOCK_D=d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),

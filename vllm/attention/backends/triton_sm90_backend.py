@@ -1,0 +1,33 @@
+"""The `triton-sm90` backend: the `triton` backend with Hopper's sparse decode kernel (Gluon, wgmma).
+
+Hopper GPUs (SM 9.x) with Gluon get it by default. Sparse attention calls that the Hopper kernel
+takes (plain bf16/fp16 rows, enough programs to fill the GPU) run it; every other call and op runs
+the portable kernels, so choosing this backend never loses a feature.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm.attention.backends.triton_backend import TritonAttentionBackend
+from vllm.kernels import sparse_attn, sparse_attn_sm90
+
+
+class TritonSm90AttentionBackend(TritonAttentionBackend):
+    name = "triton-sm90"
+
+    @classmethod
+    def unsupported_reason(cls, device: torch.device, kv_cache_dtype: str = "auto") -> str | None:
+        reason = super().unsupported_reason(device, kv_cache_dtype)
+        if reason is not None:
+            return reason
+        if not sparse_attn_sm90.HAS_GLUON:
+            return "needs triton.experimental.gluon (Triton >= 3.5)"
+        if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
+            return "needs a Hopper GPU (SM 9.x)"
+        return None
+
+    def sparse_attention(self, q, sources, sink, scale):
+        if sparse_attn_sm90.takes(q, sources):
+            return sparse_attn_sm90.sparse_attn_sm90(q, sources, sink, scale)
+        return sparse_attn.sparse_attn(q, sources, sink, scale)
