@@ -58,12 +58,13 @@ def _case(name, dtype, seed=0):
 
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("block_k,num_buf", [(64, 2), (32, 3), (32, 4)])
+@pytest.mark.parametrize("block_k,num_buf,overlap", [(64, 2, False), (32, 4, False), (32, 3, True), (32, 4, True)])
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_sm90_matches_reference(case, splits, block_k, num_buf, dtype):
+def test_sm90_matches_reference(case, splits, block_k, num_buf, overlap, dtype):
     q, sources, sink = _case(case, dtype)
-    out = sm90.sparse_attn_sm90(q, sources, sink, D**-0.5, block_k=block_k, num_buf=num_buf, num_splits=splits)
+    out = sm90.sparse_attn_sm90(q, sources, sink, D**-0.5, block_k=block_k, num_buf=num_buf, num_splits=splits,
+                                overlap=overlap)
     ref = sa.sparse_attn_ref(q, sources, sink, D**-0.5)
     assert_close(out, ref, 1e-2, case)
     if CASES[case][4] == 1.0:
@@ -108,7 +109,7 @@ types = dict(q_ptr="*bf16", out_ptr="*bf16", sink_ptr="*fp32", part_o_ptr="*fp32
 types.update({n: "i32" for n in ("k0_len", "idx0_stride", "row0_stride", "k1_len", "idx1_stride", "row1_stride",
                                  "H", "q_stride_t", "q_stride_h", "o_stride_t", "o_stride_h", "split_len")})
 cons = dict(D=512, BLOCK_K=cfg["block_k"], NUM_BUF=cfg["num_buf"], NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS,
-            LOAD_REGS=sm90.LOAD_REGS[cfg["block_k"]], num_warps=sm90.NUM_WARPS)
+            LOAD_REGS=sm90.LOAD_REGS[cfg["block_k"]], OVERLAP=cfg.get("overlap", False), num_warps=sm90.NUM_WARPS)
 print(json.dumps(kernel_resources(sm90._sparse_attn_sm90_kernel, types, cons, arch=90, num_warps=sm90.NUM_WARPS,
                                   num_stages=1, not_divisible=("k0_len", "k1_len", "H"))))
 """

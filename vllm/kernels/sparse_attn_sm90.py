@@ -30,7 +30,7 @@ try:  # Gluon ships with Triton >= 3.5; without it the portable kernel serves Ho
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
-                                                                  warpgroup_mma_wait)
+                                                                  warpgroup_mma_init, warpgroup_mma_wait)
 
     HAS_GLUON = HAS_TRITON
 except ImportError:  # pragma: no cover - depends on the Triton version
@@ -63,8 +63,8 @@ if HAS_GLUON:
         safe = gl.where(valid, slots, 0).to(gl.int64)
         off0 = safe * row0_stride
         off1 = safe * row1_stride
-        ptr = gl.where(in0[:, None], src0_ptr + off0[:, None] + cols[None, :], src1_ptr + off1[:, None] + cols[None, :])
-        cp.async_copy_global_to_shared(dst, ptr, mask=valid[:, None])
+        row = gl.where(in0, src0_ptr + off0, src1_ptr + off1)  # per row, not per 16-byte piece
+        cp.async_copy_global_to_shared(dst, row[:, None] + cols[None, :], mask=valid[:, None])
 
     @gluon.jit
     def _load_rows(src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles, kv_smem,
@@ -72,7 +72,8 @@ if HAS_GLUON:
         """Producer warps: each tile's slots, then its rows by cp.async into the ring; a tile's `full` barrier
         completes when every producer thread's copies have landed. A slot is read before waiting for the
         buffer, so the read overlaps the wait."""
-        ld: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
+        # a warp copies 4 rows x 128 bytes a step: a thread computes the addresses of 4 rows of a 64-row tile
+        ld: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [gl.num_warps(), 1], [1, 0])
         cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
         rows = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, ld))
         for j in range(n_tiles):
@@ -81,6 +82,32 @@ if HAS_GLUON:
             mbarrier.wait(empty.index(b), ((j // NUM_BUF) & 1) ^ 1)  # a fresh barrier passes phase 1
             _issue_rows(kv_smem.index(b), src0_ptr, src1_ptr, row0_stride, row1_stride, slots, in0, cols)
             cp.mbarrier_arrive(full.index(b), increment_count=False)
+
+    @gluon.jit
+    def _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
+                      o_stride_h, BH: gl.constexpr, D: gl.constexpr, NUM_SPLITS: gl.constexpr):
+        """The normalized output with the sink (one split), or this split's output and natural-log LSE."""
+        o_layout: gl.constexpr = acc.type.layout
+        dt: gl.constexpr = out_ptr.dtype.element_ty
+        heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
+        hmask = heads < H
+        ocols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        m_o = gl.convert_layout(m, gl.SliceLayout(1, o_layout))
+        l_o = gl.convert_layout(l_sum, gl.SliceLayout(1, o_layout))
+        if NUM_SPLITS == 1:
+            sink = gl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
+            mf = gl.maximum(m_o, sink)
+            w = gl.exp2(m_o - mf)
+            norm = w / (l_o * w + gl.exp2(sink - mf))
+            o_rows = out_ptr + t * o_stride_t + heads.to(gl.int64)[:, None] * o_stride_h
+            gl.store(o_rows + ocols[None, :], (acc * norm[:, None]).to(dt), mask=hmask[:, None])
+        else:  # this split's normalized output and natural-log LSE (-inf when it saw no valid row)
+            row = (t * NUM_SPLITS + split) * H + heads
+            lse = gl.where(l_o > 0, (m_o + gl.log2(gl.maximum(l_o, 1e-30))) * 0.6931471805599453, float("-inf"))
+            den = gl.maximum(l_o, 1e-30)
+            gl.store(part_o_ptr + row.to(gl.int64)[:, None] * D + ocols[None, :], acc / den[:, None],
+                     mask=hmask[:, None])
+            gl.store(part_lse_ptr + row, lse, mask=hmask)
 
     @gluon.jit
     def _attend(q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
@@ -113,33 +140,66 @@ if HAS_GLUON:
             p = gl.exp2(s - m_new[:, None])
             l_sum = l_sum * alpha + gl.sum(p, axis=1)
             m = m_new
-            p_smem.store(p.to(dt))
+            p_buf = p_smem.index(0)
+            p_buf.store(p.to(dt))
             fence_async_shared()
             gl.thread_barrier()  # both warpgroups' P
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            acc = warpgroup_mma(p_smem, kv, acc, is_async=True)
+            acc = warpgroup_mma(p_buf, kv, acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=[acc])
             mbarrier.arrive(empty.index(b))  # after both warpgroups: the buffer and P are free again
 
-        heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
-        hmask = heads < H
-        ocols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-        m_o = gl.convert_layout(m, gl.SliceLayout(1, o_layout))
-        l_o = gl.convert_layout(l_sum, gl.SliceLayout(1, o_layout))
-        if NUM_SPLITS == 1:
-            sink = gl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
-            mf = gl.maximum(m_o, sink)
-            w = gl.exp2(m_o - mf)
-            norm = w / (l_o * w + gl.exp2(sink - mf))
-            o_rows = out_ptr + t * o_stride_t + heads.to(gl.int64)[:, None] * o_stride_h
-            gl.store(o_rows + ocols[None, :], (acc * norm[:, None]).to(dt), mask=hmask[:, None])
-        else:  # this split's normalized output and natural-log LSE (-inf when it saw no valid row)
-            row = (t * NUM_SPLITS + split) * H + heads
-            lse = gl.where(l_o > 0, (m_o + gl.log2(gl.maximum(l_o, 1e-30))) * 0.6931471805599453, float("-inf"))
-            den = gl.maximum(l_o, 1e-30)
-            gl.store(part_o_ptr + row.to(gl.int64)[:, None] * D + ocols[None, :], acc / den[:, None],
-                     mask=hmask[:, None])
-            gl.store(part_lse_ptr + row, lse, mask=hmask)
+        _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
+                      o_stride_h, BH, D, NUM_SPLITS)
+
+    @gluon.jit
+    def _attend_overlapped(q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
+                           out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
+                           BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
+                           NUM_SPLITS: gl.constexpr):
+        """_attend with the tensor cores kept busy through the softmax: QK of tile j+1 and PV of tile j-1 run
+        while tile j's softmax does (P double-buffered; a tile is released after its PV). One wait retires
+        both: rescaling the accumulator while a later wgmma is in flight makes ptxas serialize every wgmma
+        (C7514). Needs NUM_BUF >= 3: tile j+1 is awaited while tiles j-1 and j are held."""
+        dt: gl.constexpr = q_smem.dtype
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, BLOCK_K // 2, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                           instr_shape=[16, D // 2, 16])
+        kcol = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, s_layout))
+        m = gl.full([BH], -1e30, gl.float32, layout=gl.SliceLayout(1, s_layout))
+        l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        s_zero = gl.zeros([BH, BLOCK_K], gl.float32, s_layout)
+        mbarrier.wait(full.index(0), 0, pred=n_tiles > 0)
+        fence_async_shared()
+        s = warpgroup_mma(q_smem, kv_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=[s])
+        acc_tok = warpgroup_mma_init(gl.zeros([BH, D], gl.float32, o_layout))
+        for j in range(n_tiles):
+            nxt = (j + 1) % NUM_BUF
+            cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol, hi)
+            # past the last tile the QK below reads a stale buffer no copy is writing; its scores are dropped
+            mbarrier.wait(full.index(nxt), ((j + 1) // NUM_BUF) & 1, pred=j + 1 < n_tiles)
+            fence_async_shared()
+            s_next = warpgroup_mma(q_smem, kv_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
+            m_new = gl.maximum(m, gl.max(s, axis=1))
+            alpha = gl.exp2(m - m_new)
+            p = gl.exp2(s - m_new[:, None])
+            l_sum = l_sum * alpha + gl.sum(p, axis=1)
+            m = m_new
+            s_next, acc = warpgroup_mma_wait(0, deps=[s_next, acc_tok])  # PV of j-1, QK of j+1 (ran with the softmax)
+            mbarrier.arrive(empty.index((j + NUM_BUF - 1) % NUM_BUF), pred=j > 0)
+            p_buf = p_smem.index(j % 2)
+            p_buf.store(p.to(dt))
+            fence_async_shared()
+            gl.thread_barrier()  # both warpgroups' P
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            acc_tok = warpgroup_mma(p_buf, kv_smem.index(j % NUM_BUF), acc, is_async=True)  # runs on into j+1
+            s = s_next
+        acc = warpgroup_mma_wait(0, deps=[acc_tok])
+        _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
+                      o_stride_h, BH, D, NUM_SPLITS)
 
     @gluon.jit
     def _sparse_attn_sm90_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
@@ -148,7 +208,7 @@ if HAS_GLUON:
                                  H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, qk_scale,
                                  D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
                                  NUM_SPLITS: gl.constexpr, LOAD_WARPS: gl.constexpr, LOAD_REGS: gl.constexpr,
-                                 num_warps: gl.constexpr):
+                                 OVERLAP: gl.constexpr, num_warps: gl.constexpr):
         BH: gl.constexpr = 64
         dt: gl.constexpr = q_ptr.dtype.element_ty
         t = gl.program_id(0).to(gl.int64)
@@ -157,7 +217,7 @@ if HAS_GLUON:
         q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
         kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
                                             gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
-        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
+        p_smem = gl.allocate_shared_memory(dt, [2, BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
         full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(NUM_BUF):
@@ -180,13 +240,22 @@ if HAS_GLUON:
         lo = split * split_len
         hi = gl.minimum(lo + split_len, k0_len + k1_len)
         n_tiles = gl.cdiv(hi - lo, BLOCK_K)
-        gl.warp_specialize([
-            (_attend, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
-                       out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
-                       BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
-            (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
-                          kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
-        ], [LOAD_WARPS], [LOAD_REGS])
+        if OVERLAP:
+            gl.warp_specialize([
+                (_attend_overlapped, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
+                           out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
+                           BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
+                (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
+                              kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
+            ], [LOAD_WARPS], [LOAD_REGS])
+        else:
+            gl.warp_specialize([
+                (_attend, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
+                           out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
+                           BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
+                (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
+                              kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
+            ], [LOAD_WARPS], [LOAD_REGS])
 
 
 def unsupported_reason(q: torch.Tensor, sources) -> str | None:
@@ -223,7 +292,7 @@ def launch_config(programs: int) -> dict:
 
 
 def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_k: int | None = None,
-                     num_buf: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+                     num_buf: int | None = None, num_splits: int | None = None, overlap: bool = False) -> torch.Tensor:
     """sparse_attn_ref's contract on Hopper (see `unsupported_reason` for what it takes). Launch arguments
     left None take launch_config's."""
     reason = unsupported_reason(q, sources)
@@ -257,7 +326,7 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
         a1.storage, a1.indices, a1.num_indices, a1.index_stride, a1.row_stride,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale * LOG2E,
         D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=num_splits, LOAD_WARPS=LOAD_WARPS,
-        LOAD_REGS=LOAD_REGS[block_k], num_warps=NUM_WARPS)
+        LOAD_REGS=LOAD_REGS[block_k], OVERLAP=overlap, num_warps=NUM_WARPS)
     if num_splits > 1:
         portable._merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
                                               BLOCK_D=d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
