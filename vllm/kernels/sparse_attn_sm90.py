@@ -30,7 +30,7 @@ try:  # Gluon ships with Triton >= 3.5; without it the portable kernel serves Ho
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
     from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
-                                                                  warpgroup_mma_init, warpgroup_mma_wait)
+                                                                  warpgroup_mma_wait)
 
     HAS_GLUON = HAS_TRITON
 except ImportError:  # pragma: no cover - depends on the Triton version
@@ -39,6 +39,9 @@ except ImportError:  # pragma: no cover - depends on the Triton version
 BLOCK_H = 64  # heads a program: one wgmma M
 NUM_WARPS = 8  # two math warpgroups (the load warps come on top)
 MIN_PROGRAMS = 32
+# 64-row tiles in two buffers at every batch: against 32-row tiles four deep, H200, V4-Flash CSA 32K,
+# 32 / 64 / 128 requests: 21.8 / 29.8 / 41.3 us vs 23.6 / 34.0 / 50.8 (h200_sparse_attn_sm90_sweep.json)
+BLOCK_K, NUM_BUF = 64, 2
 LOAD_WARPS = 4  # fewer spill their row addresses
 # registers a load thread per tile height: the most that leave the math warpgroups unspilled
 # (compile-only check: tests/kernels/test_sparse_attn_sm90.py)
@@ -140,64 +143,14 @@ if HAS_GLUON:
             p = gl.exp2(s - m_new[:, None])
             l_sum = l_sum * alpha + gl.sum(p, axis=1)
             m = m_new
-            p_buf = p_smem.index(0)
-            p_buf.store(p.to(dt))
+            p_smem.store(p.to(dt))
             fence_async_shared()
             gl.thread_barrier()  # both warpgroups' P
             acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            acc = warpgroup_mma(p_buf, kv, acc, is_async=True)
+            acc = warpgroup_mma(p_smem, kv, acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=[acc])
             mbarrier.arrive(empty.index(b))  # after both warpgroups: the buffer and P are free again
 
-        _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                      o_stride_h, BH, D, NUM_SPLITS)
-
-    @gluon.jit
-    def _attend_overlapped(q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
-                           out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
-                           BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
-                           NUM_SPLITS: gl.constexpr):
-        """_attend with the tensor cores kept busy through the softmax: QK of tile j+1 and PV of tile j-1 run
-        while tile j's softmax does (P double-buffered; a tile is released after its PV). One wait retires
-        both: rescaling the accumulator while a later wgmma is in flight makes ptxas serialize every wgmma
-        (C7514). Needs NUM_BUF >= 3: tile j+1 is awaited while tiles j-1 and j are held."""
-        dt: gl.constexpr = q_smem.dtype
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, BLOCK_K // 2, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, D // 2, 16])
-        kcol = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, s_layout))
-        m = gl.full([BH], -1e30, gl.float32, layout=gl.SliceLayout(1, s_layout))
-        l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
-        s_zero = gl.zeros([BH, BLOCK_K], gl.float32, s_layout)
-        mbarrier.wait(full.index(0), 0, pred=n_tiles > 0)
-        fence_async_shared()
-        s = warpgroup_mma(q_smem, kv_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(0, deps=[s])
-        acc_tok = warpgroup_mma_init(gl.zeros([BH, D], gl.float32, o_layout))
-        for j in range(n_tiles):
-            nxt = (j + 1) % NUM_BUF
-            cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol, hi)
-            # past the last tile the QK below reads a stale buffer no copy is writing; its scores are dropped
-            mbarrier.wait(full.index(nxt), ((j + 1) // NUM_BUF) & 1, pred=j + 1 < n_tiles)
-            fence_async_shared()
-            s_next = warpgroup_mma(q_smem, kv_smem.index(nxt).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
-            m_new = gl.maximum(m, gl.max(s, axis=1))
-            alpha = gl.exp2(m - m_new)
-            p = gl.exp2(s - m_new[:, None])
-            l_sum = l_sum * alpha + gl.sum(p, axis=1)
-            m = m_new
-            s_next, acc = warpgroup_mma_wait(0, deps=[s_next, acc_tok])  # PV of j-1, QK of j+1 (ran with the softmax)
-            mbarrier.arrive(empty.index((j + NUM_BUF - 1) % NUM_BUF), pred=j > 0)
-            p_buf = p_smem.index(j % 2)
-            p_buf.store(p.to(dt))
-            fence_async_shared()
-            gl.thread_barrier()  # both warpgroups' P
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            acc_tok = warpgroup_mma(p_buf, kv_smem.index(j % NUM_BUF), acc, is_async=True)  # runs on into j+1
-            s = s_next
-        acc = warpgroup_mma_wait(0, deps=[acc_tok])
         _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
                       o_stride_h, BH, D, NUM_SPLITS)
 
@@ -208,7 +161,7 @@ if HAS_GLUON:
                                  H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, qk_scale,
                                  D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
                                  NUM_SPLITS: gl.constexpr, LOAD_WARPS: gl.constexpr, LOAD_REGS: gl.constexpr,
-                                 OVERLAP: gl.constexpr, num_warps: gl.constexpr):
+                                 num_warps: gl.constexpr):
         BH: gl.constexpr = 64
         dt: gl.constexpr = q_ptr.dtype.element_ty
         t = gl.program_id(0).to(gl.int64)
@@ -217,7 +170,7 @@ if HAS_GLUON:
         q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
         kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
                                             gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
-        p_smem = gl.allocate_shared_memory(dt, [2, BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
+        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
         full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(NUM_BUF):
@@ -240,22 +193,13 @@ if HAS_GLUON:
         lo = split * split_len
         hi = gl.minimum(lo + split_len, k0_len + k1_len)
         n_tiles = gl.cdiv(hi - lo, BLOCK_K)
-        if OVERLAP:
-            gl.warp_specialize([
-                (_attend_overlapped, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
-                           out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
-                           BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
-                (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
-                              kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
-            ], [LOAD_WARPS], [LOAD_REGS])
-        else:
-            gl.warp_specialize([
-                (_attend, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
-                           out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
-                           BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
-                (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
-                              kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
-            ], [LOAD_WARPS], [LOAD_REGS])
+        gl.warp_specialize([
+            (_attend, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
+                       out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
+                       BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
+            (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
+                          kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
+        ], [LOAD_WARPS], [LOAD_REGS])
 
 
 def unsupported_reason(q: torch.Tensor, sources) -> str | None:
@@ -283,25 +227,16 @@ def takes(q: torch.Tensor, sources) -> bool:
     return unsupported_reason(q, sources) is None and q.shape[0] * triton.cdiv(q.shape[1], BLOCK_H) >= MIN_PROGRAMS
 
 
-def launch_config(programs: int) -> dict:
-    """(block_k, num_buf) for `programs` (query, head block) programs: 64-row tiles in two buffers from
-    128 programs on (one a multiprocessor, tiles amortize the per-step synchronization), 32-row tiles
-    four deep below (split lists are short; more tiles in flight). H200 sweep:
-    benchmarks/results/h200_sparse_attn_sm90.json."""
-    return dict(block_k=64, num_buf=2) if programs >= 128 else dict(block_k=32, num_buf=4)
-
-
 def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_k: int | None = None,
-                     num_buf: int | None = None, num_splits: int | None = None, overlap: bool = False) -> torch.Tensor:
-    """sparse_attn_ref's contract on Hopper (see `unsupported_reason` for what it takes). Launch arguments
-    left None take launch_config's."""
+                     num_buf: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """sparse_attn_ref's contract on Hopper (see `unsupported_reason` for what it takes). Row tiles of block_k
+    rows in a ring of num_buf (default BLOCK_K, NUM_BUF); splits of the lists as the portable kernel's."""
     reason = unsupported_reason(q, sources)
     assert reason is None, f"sparse_attn_sm90 {reason}"
     assert q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
     t, h, d = q.shape
-    cfg = launch_config(t * triton.cdiv(h, BLOCK_H))
-    block_k = cfg["block_k"] if block_k is None else block_k
-    num_buf = cfg["num_buf"] if num_buf is None else num_buf
+    block_k = BLOCK_K if block_k is None else block_k
+    num_buf = NUM_BUF if num_buf is None else num_buf
     assert block_k in (32, 64) and num_buf >= 2, "block_k 32 or 64, at least 2 buffers"
     out = torch.empty_like(q)
     if t == 0:
@@ -326,7 +261,7 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
         a1.storage, a1.indices, a1.num_indices, a1.index_stride, a1.row_stride,
         h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale * LOG2E,
         D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=num_splits, LOAD_WARPS=LOAD_WARPS,
-        LOAD_REGS=LOAD_REGS[block_k], OVERLAP=overlap, num_warps=NUM_WARPS)
+        LOAD_REGS=LOAD_REGS[block_k], num_warps=NUM_WARPS)
     if num_splits > 1:
         portable._merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
                                               BLOCK_D=d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
