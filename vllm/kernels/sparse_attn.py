@@ -374,6 +374,33 @@ def row_format(layout, d: int) -> dict:
                 DATA_BYTES=layout.data_bytes, SCALE_BYTES=layout.scale_bytes)
 
 
+def plan_splits(q: torch.Tensor, out: torch.Tensor, total: int, programs: int, block_k: int, width: int,
+                num_splits: int | None):
+    """(num_splits, split_len, part_o, part_lse) for `programs` programs a split over lists of `total`
+    indices: splits whole blocks of block_k (pick_splits' count unless given); with several, the fp32
+    partial outputs `[T*S*H, width]` and LSEs the merge reads (else `out`, unused)."""
+    t, h, _ = q.shape
+    if num_splits is None:
+        num_splits = pick_splits(programs, total, block_k,
+                                 torch.cuda.get_device_properties(q.device).multi_processor_count
+                                 if q.is_cuda else 1)
+    split_len = triton.cdiv(triton.cdiv(max(total, 1), num_splits), block_k) * block_k
+    num_splits = triton.cdiv(max(total, 1), split_len)
+    if num_splits == 1:
+        return num_splits, split_len, out, out
+    return (num_splits, split_len, torch.empty(t * num_splits * h, width, dtype=torch.float32, device=q.device),
+            torch.empty(t * num_splits * h, dtype=torch.float32, device=q.device))
+
+
+def merge_splits(part_o: torch.Tensor, part_lse: torch.Tensor, sink: torch.Tensor, out: torch.Tensor,
+                 num_splits: int) -> None:
+    """out[t, h] from the splits' (output, LSE) pairs and the sink (`_merge_splits_kernel`)."""
+    t, h, d = out.shape
+    _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
+                                 BLOCK_D=part_o.shape[1], NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
+                                 num_warps=4)
+
+
 def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:
     t, h, d = q.shape
     block_d = next_pow2(d)
@@ -381,19 +408,8 @@ def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:
     if parts == 2 and (block_d // 2 < 16 or (layout is not None and (block_d // 2) % layout.tile)):
         parts = 1  # a half must hold whole scale tiles and be a dot operand (>= 16 wide)
     total = sum(a.num_indices for a in args)
-    programs = t * triton.cdiv(h, block_h) * parts
-    if num_splits is None:
-        num_splits = pick_splits(programs, total, block_k,
-                                 torch.cuda.get_device_properties(q.device).multi_processor_count
-                                 if q.is_cuda else 1)
-    split_len = triton.cdiv(max(total, 1), num_splits)
-    split_len = triton.cdiv(split_len, block_k) * block_k
-    num_splits = triton.cdiv(max(total, 1), split_len)
-    if num_splits > 1:
-        part_o = torch.empty(t * num_splits * h, block_d, dtype=torch.float32, device=q.device)
-        part_lse = torch.empty(t * num_splits * h, dtype=torch.float32, device=q.device)
-    else:
-        part_o = part_lse = out  # unused
+    num_splits, split_len, part_o, part_lse = plan_splits(q, out, total, t * triton.cdiv(h, block_h) * parts,
+                                                          block_k, block_d, num_splits)
     # a missing second source repeats the first with no indices (HAS_SRC1 skips it)
     a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
     _sparse_attn_kernel[(t, triton.cdiv(h, block_h) * parts, num_splits)](
@@ -404,6 +420,4 @@ def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:
         HAS_SRC1=len(args) == 2, IS_FP8=layout is not None, PRECISION=dot_precision(q.dtype),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **row_format(layout, d))
     if num_splits > 1:
-        _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
-                                     BLOCK_D=block_d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
-                                     num_warps=4)
+        merge_splits(part_o, part_lse, sink, out, num_splits)

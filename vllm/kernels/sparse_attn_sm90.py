@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from vllm.kernels import sparse_attn as portable
-from vllm.kernels._triton import HAS_TRITON, next_pow2, triton
+from vllm.kernels._triton import HAS_TRITON, triton
 
 try:  # Gluon ships with Triton >= 3.5; without it the portable kernel serves Hopper too
     from triton.experimental import gluon
@@ -245,16 +245,8 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
     a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
     total = args[0].num_indices + a1.num_indices
     head_blocks = triton.cdiv(h, BLOCK_H)
-    if num_splits is None:
-        num_splits = portable.pick_splits(t * head_blocks, total, block_k,
-                                          torch.cuda.get_device_properties(q.device).multi_processor_count)
-    split_len = triton.cdiv(triton.cdiv(max(total, 1), num_splits), block_k) * block_k
-    num_splits = triton.cdiv(max(total, 1), split_len)
-    if num_splits > 1:
-        part_o = torch.empty(t * num_splits * h, d, dtype=torch.float32, device=q.device)
-        part_lse = torch.empty(t * num_splits * h, dtype=torch.float32, device=q.device)
-    else:
-        part_o = part_lse = out  # unused
+    num_splits, split_len, part_o, part_lse = portable.plan_splits(q, out, total, t * head_blocks, block_k, d,
+                                                                   num_splits)
     _sparse_attn_sm90_kernel[(t, head_blocks, num_splits)](
         q, out, sink, part_o, part_lse,
         args[0].storage, args[0].indices, args[0].num_indices, args[0].index_stride, args[0].row_stride,
@@ -263,8 +255,6 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
         D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=num_splits, LOAD_WARPS=LOAD_WARPS,
         LOAD_REGS=LOAD_REGS[block_k], num_warps=NUM_WARPS)
     if num_splits > 1:
-        portable._merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
-                                              BLOCK_D=d, NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
-                                              num_warps=4)
+        portable.merge_splits(part_o, part_lse, sink, out, num_splits)
     return out
 
