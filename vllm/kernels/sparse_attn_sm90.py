@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - depends on the Triton version
 
 BLOCK_H = 64  # heads a program: one wgmma M
 NUM_WARPS = 8  # two math warpgroups (the load warps come on top)
-MIN_PROGRAMS = 32
+MIN_WORK = 8 * 640  # (query, head block) programs x rows a query: see big_enough
 # 64-row tiles in two buffers at every batch: against 32-row tiles four deep, H200, V4-Flash CSA 32K,
 # 32 / 64 / 128 requests: 21.8 / 29.8 / 41.3 us vs 23.6 / 34.0 / 50.8 (h200_sparse_attn_sm90_sweep.json)
 BLOCK_K, NUM_BUF = 64, 2
@@ -221,10 +221,17 @@ def unsupported_reason(q: torch.Tensor, sources) -> str | None:
 
 
 def takes(q: torch.Tensor, sources) -> bool:
-    """Whether the Hopper kernel should serve this call: it can, and the call fills the GPU. With fewer
-    than MIN_PROGRAMS (query, 64-head block) programs the portable kernel's narrower programs win (H200,
-    V4-Flash: 1 request 8.0 us portable vs 11.7; 8 requests 15.2 vs 14.7; 32 requests 29.9 vs 24.1)."""
-    return unsupported_reason(q, sources) is None and q.shape[0] * triton.cdiv(q.shape[1], BLOCK_H) >= MIN_PROGRAMS
+    """Whether the Hopper kernel should serve this call: it can, and the call is big enough."""
+    rows = sum(i.shape[1] for _, i in sources)
+    return unsupported_reason(q, sources) is None and big_enough(q.shape[0] * triton.cdiv(q.shape[1], BLOCK_H), rows)
+
+
+def big_enough(programs: int, rows: int) -> bool:
+    """At least MIN_WORK (query, 64-head block) x list rows. Below, the portable kernel's narrower programs
+    win: a 64-head program's list is one dependent chain. H200, V4-Flash, us portable / sm90
+    (h200_sparse_attn_sm90_small.json): CSA (640 rows) 1 request 8.0 / 11.7, 8: 15.1 / 14.1, 16: 24.6 / 16.1;
+    HCA 4K (160 rows) 16 requests 12.0 / 15.7, 128: 21.9 / 20.4."""
+    return programs * rows >= MIN_WORK
 
 
 def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_k: int | None = None,

@@ -1,7 +1,7 @@
 """The `triton-sm90` backend: the `triton` backend with Hopper's sparse decode kernel (Gluon, wgmma).
 
 Hopper GPUs (SM 9.x) with Gluon get it by default. Sparse attention calls that the Hopper kernel
-takes (plain bf16/fp16 rows, enough programs to fill the GPU) run it; every other call and op runs
+takes (plain bf16/fp16 rows, enough work: `big_enough`) run it; every other call and op runs
 the portable kernels, so choosing this backend never loses a feature.
 """
 
