@@ -15,6 +15,7 @@ from vllm.core.kv_cache.specs import LayerTensorSpec  # noqa: E402
 from vllm.kernels import compress_pool as cp  # noqa: E402
 from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa  # noqa: E402
 from vllm.kernels._triton import OutOfResources, launch_first_fitting  # noqa: E402
+from vllm.kernels.attn_splits import pick_splits  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,7 +151,7 @@ def test_sparse_attn_several_queries_per_request_share_rows():
 def test_pick_splits_runs_about_one_program_per_sm(programs, splits):
     """A 64-head program fills an SM's registers: split only up to ~one program per SM (H200 sweep),
     and never below two 64-row blocks per split of a 640-row list."""
-    assert sa.pick_splits(programs, 640, 64, 132) == splits
+    assert pick_splits(programs, 640, 64, 132) == splits
     assert programs * splits <= max(132, programs)
 
 

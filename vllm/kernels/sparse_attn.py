@@ -23,6 +23,7 @@ from typing import Iterator, NamedTuple, Sequence
 import torch
 
 from vllm.kernels._triton import dot_precision, launch_first_fitting, next_pow2, tl, triton
+from vllm.kernels.attn_splits import merge_splits, plan_splits
 
 QUERY_CHUNK = 256  # bounds the [chunk, K, D] gather of the reference
 
@@ -219,25 +220,6 @@ def _sparse_attn_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
         tl.store(part_lse_ptr + row, lse, mask=hmask & (part == 0))
 
 
-@triton.jit
-def _merge_splits_kernel(part_o_ptr, part_lse_ptr, sink_ptr, out_ptr, H, o_stride_t, o_stride_h,
-                         D: tl.constexpr, BLOCK_D: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                         BLOCK_S: tl.constexpr):
-    """out[t, h] = sum_s exp(lse_s) o_s / (sum_s exp(lse_s) + exp(sink_h)), computed stably."""
-    t = tl.program_id(0).to(tl.int64)
-    h = tl.program_id(1)
-    s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    rows = (t * NUM_SPLITS + s) * H + h
-    lse = tl.load(part_lse_ptr + rows, mask=s < NUM_SPLITS, other=float("-inf"))
-    sink = tl.load(sink_ptr + h)
-    mf = tl.maximum(tl.max(lse, 0), sink)
-    w = tl.exp(lse - mf)  # [BS]
-    o = tl.load(part_o_ptr + rows[:, None] * BLOCK_D + offs_d[None, :], mask=(s < NUM_SPLITS)[:, None], other=0.0)
-    out = tl.sum(o * w[:, None], 0) / (tl.sum(w, 0) + tl.exp(sink - mf))
-    tl.store(out_ptr + t * o_stride_t + h * o_stride_h + offs_d, out.to(out_ptr.dtype.element_ty), mask=offs_d < D)
-
-
 class _Source(NamedTuple):
     """One source as the kernel takes it (field order = the kernel's per-source arguments)."""
 
@@ -267,16 +249,6 @@ def _source(src, idx: torch.Tensor) -> _Source:
     lay = src.layout
     return _Source(src.data, src.data.view(torch.bfloat16), idx, idx.shape[1], idx.stride(0), 0, lay.block_size,
                    lay.page_bytes, lay)
-
-
-def pick_splits(num_programs: int, total: int, block_k: int, num_sms: int) -> int:
-    """Split each index list so that about one program runs per multiprocessor, keeping >= 2 blocks
-    per split. One program holds a [heads, 512] fp32 accumulator and fills an SM's registers, so a
-    second wave costs more than the merge saves (H200: 64 heads at 64 / 128 requests, 2 / 1 splits,
-    49 / 79 us, against 72 / 93 us when filling the GPU twice over)."""
-    if num_programs >= num_sms or total <= 2 * block_k:
-        return 1
-    return max(1, min(num_sms // num_programs, total // (2 * block_k), 32))
 
 
 # Launch defaults per row format: (fewest query tokens, config), the first row that t reaches wins. From
@@ -372,33 +344,6 @@ def row_format(layout, d: int) -> dict:
         return dict(NOPE=d, ROPE=0, ROPE_W=16, TILE=1, DATA_BYTES=1, SCALE_BYTES=1)
     return dict(NOPE=layout.nope, ROPE=layout.rope, ROPE_W=max(16, next_pow2(layout.rope)), TILE=layout.tile,
                 DATA_BYTES=layout.data_bytes, SCALE_BYTES=layout.scale_bytes)
-
-
-def plan_splits(q: torch.Tensor, out: torch.Tensor, total: int, programs: int, block_k: int, width: int,
-                num_splits: int | None):
-    """(num_splits, split_len, part_o, part_lse) for `programs` programs a split over lists of `total`
-    indices: splits whole blocks of block_k (pick_splits' count unless given); with several, the fp32
-    partial outputs `[T*S*H, width]` and LSEs the merge reads (else `out`, unused)."""
-    t, h, _ = q.shape
-    if num_splits is None:
-        num_splits = pick_splits(programs, total, block_k,
-                                 torch.cuda.get_device_properties(q.device).multi_processor_count
-                                 if q.is_cuda else 1)
-    split_len = triton.cdiv(triton.cdiv(max(total, 1), num_splits), block_k) * block_k
-    num_splits = triton.cdiv(max(total, 1), split_len)
-    if num_splits == 1:
-        return num_splits, split_len, out, out
-    return (num_splits, split_len, torch.empty(t * num_splits * h, width, dtype=torch.float32, device=q.device),
-            torch.empty(t * num_splits * h, dtype=torch.float32, device=q.device))
-
-
-def merge_splits(part_o: torch.Tensor, part_lse: torch.Tensor, sink: torch.Tensor, out: torch.Tensor,
-                 num_splits: int) -> None:
-    """out[t, h] from the splits' (output, LSE) pairs and the sink (`_merge_splits_kernel`)."""
-    t, h, d = out.shape
-    _merge_splits_kernel[(t, h)](part_o, part_lse, sink, out, h, out.stride(0), out.stride(1), D=d,
-                                 BLOCK_D=part_o.shape[1], NUM_SPLITS=num_splits, BLOCK_S=next_pow2(num_splits),
-                                 num_warps=4)
 
 
 def _launch(q, out, args, sink, scale, layout, num_splits, cfg) -> None:

@@ -14,7 +14,7 @@ warps along the 64 heads, so both warpgroups compute the same scores. Gluon stat
 
 Plain (bf16/fp16) latent rows, all the heads of a query in blocks of 64 (a wgmma's M), two
 sources (window rows, compressed entries) as one list. The sink, the -1 skips, the splits of the
-list and their merge are the portable kernel's (its merge kernel is reused). fp8_ds_mla pages and
+list and their merge are the portable kernel's (`attn_splits.py`). fp8_ds_mla pages and
 small batches take the portable kernel (`takes`).
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from vllm.kernels import sparse_attn as portable
+from vllm.kernels.attn_splits import merge_splits, plan_splits
 from vllm.kernels._triton import HAS_TRITON, triton
 
 try:  # Gluon ships with Triton >= 3.5; without it the portable kernel serves Hopper too
@@ -252,8 +253,7 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
     a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
     total = args[0].num_indices + a1.num_indices
     head_blocks = triton.cdiv(h, BLOCK_H)
-    num_splits, split_len, part_o, part_lse = portable.plan_splits(q, out, total, t * head_blocks, block_k, d,
-                                                                   num_splits)
+    num_splits, split_len, part_o, part_lse = plan_splits(q, out, total, t * head_blocks, block_k, d, num_splits)
     _sparse_attn_sm90_kernel[(t, head_blocks, num_splits)](
         q, out, sink, part_o, part_lse,
         args[0].storage, args[0].indices, args[0].num_indices, args[0].index_stride, args[0].row_stride,
@@ -262,6 +262,6 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
         D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=num_splits, LOAD_WARPS=LOAD_WARPS,
         LOAD_REGS=LOAD_REGS[block_k], num_warps=NUM_WARPS)
     if num_splits > 1:
-        portable.merge_splits(part_o, part_lse, sink, out, num_splits)
+        merge_splits(part_o, part_lse, sink, out, num_splits)
     return out
 
