@@ -78,9 +78,20 @@ def best_config(fn, ref, configs, what):
     return best
 
 
+def time_default_kernel(q, sources, sink, scale, ref, configs, what) -> tuple[float, dict]:
+    """(µs, what ran) on the kernel the default backend runs: `triton-sm90` on Hopper runs its Gluon kernel
+    where that takes the call (the portable kernel's best time goes next to it), else the portable kernel
+    at its best of `configs`."""
+    us, cfg = best_config(lambda **c: sa.sparse_attn(q, sources, sink, scale, **c), ref, configs, what)
+    if not sm90.takes(q, sources):
+        return us, {"kernel": "portable", "config": cfg}
+    sm90_us, _ = best_config(lambda: sm90.sparse_attn_sm90(q, sources, sink, scale), ref, [{}], what + " sm90")
+    return sm90_us, {"kernel": "sm90", "config": dict(block_k=sm90.BLOCK_K, num_buf=sm90.NUM_BUF),
+                     "portable_us": round(us, 2)}
+
+
 def run_decode(results, bw, mm, configs, contexts, batches, kinds):
-    """Each case on the kernel the default backend runs (`triton-sm90` on Hopper: its Gluon kernel where it
-    takes the call, with the portable kernel's time next to it; elsewhere the portable kernel)."""
+    """Each case on the kernel the default backend runs (`time_default_kernel`)."""
     for fp8 in (True, False):
         for kind in kinds:
             for context in contexts:
@@ -88,18 +99,13 @@ def run_decode(results, bw, mm, configs, contexts, batches, kinds):
                     q, sources, sink, nbytes, flops = decode_case(batch, context, kind, fp8)
                     scale = D**-0.5
                     ref = sa.sparse_attn_ref(q, sources, sink, scale)
-                    what = f"sparse_attn {kind} {context} {batch}"
-                    best = best_config(lambda **c: sa.sparse_attn(q, sources, sink, scale, **c), ref, configs, what)
+                    us, kernel = time_default_kernel(q, sources, sink, scale, ref, configs,
+                                                     f"sparse_attn {kind} {context} {batch}")
+                    ref_us = bench(lambda: sa.sparse_attn_ref(q, sources, sink, scale), graph=False)
                     row = {"op": "sparse_attn_decode", "kv": "fp8_ds_mla" if fp8 else "bf16", "layer": kind,
                            "context": context, "batch": batch, "rows_per_query": sources[0][1].shape[1]
-                           + sources[1][1].shape[1], "kernel": "portable", "config": best[1]}
-                    if sm90.takes(q, sources):
-                        row.update(kernel="sm90", config=dict(block_k=sm90.BLOCK_K, num_buf=sm90.NUM_BUF),
-                                   portable_us=round(best[0], 2))
-                        best = best_config(lambda: sm90.sparse_attn_sm90(q, sources, sink, scale), ref, [{}],
-                                           what + " sm90")
-                    ref_us = bench(lambda: sa.sparse_attn_ref(q, sources, sink, scale), graph=False)
-                    row.update(**roofline(best[0], nbytes, flops, bw, mm), torch_ref_us=round(ref_us, 1))
+                           + sources[1][1].shape[1], **kernel, **roofline(us, nbytes, flops, bw, mm),
+                           "torch_ref_us": round(ref_us, 1)}
                     results.append(row)
                     print(json.dumps(row), flush=True)
                     del q, sources, ref
@@ -119,14 +125,12 @@ def run_prefill(results, bw, mm, configs):
         q = torch.randn(t, H, D, device="cuda", dtype=torch.bfloat16)
         sink = torch.randn(H, device="cuda")
         ref = sa.sparse_attn_ref(q, sources, sink, D**-0.5)
-        us, cfg = best_config(lambda **c: sa.sparse_attn(q, sources, sink, D**-0.5, **c), ref, configs,
-                              "sparse_attn prefill")
+        us, kernel = time_default_kernel(q, sources, sink, D**-0.5, ref, configs, "sparse_attn prefill")
         ref_us = bench(lambda: sa.sparse_attn_ref(q, sources, sink, D**-0.5), graph=False)
         k = WINDOW + TOPK
         nbytes = (context + context // CSA_RATIO) * row_bytes + t * (k * 8 + 2 * H * D * 2)  # rows read once (L2)
         row = {"op": "sparse_attn_prefill", "kv": "fp8_ds_mla" if fp8 else "bf16", "tokens": t, "context": context,
-               "config": cfg,
-               **roofline(us, nbytes, t * 4 * H * D * k, bw, mm), "torch_ref_us": round(ref_us, 1)}
+               **kernel, **roofline(us, nbytes, t * 4 * H * D * k, bw, mm), "torch_ref_us": round(ref_us, 1)}
         results.append(row)
         print(json.dumps(row), flush=True)
 
