@@ -11,6 +11,7 @@ import tempfile
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource, GluonJITFunction
 
 
 def kernel_resources(kernel, arg_types: dict, constexprs: dict, arch: int, num_warps: int, num_stages: int,
@@ -23,9 +24,7 @@ def kernel_resources(kernel, arg_types: dict, constexprs: dict, arch: int, num_w
     sig = {n: "constexpr" if n in constexprs else arg_types[n] for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
              if n not in constexprs and n not in not_divisible and not arg_types[n].startswith("fp")}
-    source = ASTSource
-    if type(kernel).__name__ == "GluonJITFunction":
-        from triton.experimental.gluon._runtime import GluonASTSource as source
+    source = GluonASTSource if isinstance(kernel, GluonJITFunction) else ASTSource
     src = source(kernel, sig, attrs=attrs, constexprs={(names.index(k),): v for k, v in constexprs.items()})
     k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                        options=dict(num_warps=num_warps, num_stages=num_stages))

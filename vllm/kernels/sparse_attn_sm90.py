@@ -20,6 +20,8 @@ small batches take the portable kernel (`takes`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from vllm.kernels import sparse_attn as portable
@@ -203,13 +205,23 @@ if HAS_GLUON:
         ], [LOAD_WARPS], [LOAD_REGS])
 
 
-def unsupported_reason(q: torch.Tensor, sources) -> str | None:
-    """Why this kernel cannot take the call (None if it can): Gluon, a Hopper GPU, bf16/fp16 q of 512
-    channels over plain rows (fp8_ds_mla pages take the portable kernel)."""
+@functools.lru_cache(maxsize=None)
+def device_unsupported_reason(device: torch.device) -> str | None:
+    """Why this kernel cannot run on `device` (None if it can): Gluon and a Hopper GPU (wgmma). A fact of
+    the device: asked once, not per call."""
     if not HAS_GLUON:
         return "needs triton.experimental.gluon (Triton >= 3.5)"
-    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
+    if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
         return "needs a Hopper GPU (SM 9.x): wgmma"
+    return None
+
+
+def unsupported_reason(q: torch.Tensor, sources) -> str | None:
+    """Why this kernel cannot take the call (None if it can): the device's reason, else bf16/fp16 q of 512
+    channels over plain rows (fp8_ds_mla pages take the portable kernel)."""
+    reason = device_unsupported_reason(q.device)
+    if reason is not None:
+        return reason
     if q.dtype not in (torch.bfloat16, torch.float16) or q.shape[2] != 512:
         return "takes bf16/fp16 q with a 512-channel latent"
     if not 1 <= len(sources) <= 2:

@@ -18,14 +18,7 @@ class TritonSm90AttentionBackend(TritonAttentionBackend):
 
     @classmethod
     def unsupported_reason(cls, device: torch.device, kv_cache_dtype: str = "auto") -> str | None:
-        reason = super().unsupported_reason(device, kv_cache_dtype)
-        if reason is not None:
-            return reason
-        if not sparse_attn_sm90.HAS_GLUON:
-            return "needs triton.experimental.gluon (Triton >= 3.5)"
-        if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9:
-            return "needs a Hopper GPU (SM 9.x)"
-        return None
+        return super().unsupported_reason(device, kv_cache_dtype) or sparse_attn_sm90.device_unsupported_reason(device)
 
     def sparse_attention(self, q, sources, sink, scale):
         if sparse_attn_sm90.takes(q, sources):
