@@ -15,7 +15,6 @@ import sys
 import time
 
 import torch
-import triton
 
 from vllm.core.kv_cache.paged_rows import PagedRows
 from vllm.core.kv_cache.specs import LayerTensorSpec
@@ -23,7 +22,7 @@ from vllm.kernels import compress_pool as cp
 from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa, sparse_attn_sm90 as sm90
 from vllm.kernels.testing import assert_close
 
-from benchmarks.kernels.common import bench, ceilings, roofline
+from benchmarks.kernels.common import bench, ceilings, roofline, write_results
 
 H, D, WINDOW, TOPK, HI, DI = 64, 512, 128, 512, 64, 128  # V4-Flash
 CSA_RATIO, HCA_RATIO, BLOCK = 4, 128, 256
@@ -228,14 +227,10 @@ def main():
         batches = tuple(int(b) for b in a.batches.split(",")) if a.batches else (1, 32, 128) if a.quick else BATCHES
         run_decode(results, bw, mm, configs, (32768,) if a.quick else CONTEXTS, batches,
                    ("csa",) if a.quick else ("csa", "hca"))
-    doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm},
-           "shapes": {"heads": H, "latent": D, "window": WINDOW, "topk": TOPK, "index_heads": HI,
-                      "index_dim": DI, "csa_ratio": CSA_RATIO, "hca_ratio": HCA_RATIO},
-           "timing": "kernels: median of CUDA graph replays; torch references: median of eager calls (CUDA events)",
-           "seconds": round(time.time() - t0, 1), "results": results}
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_results(a.out, results, bw, mm, t0,
+                  "kernels: median of CUDA graph replays; torch references: median of eager calls (CUDA events)",
+                  shapes={"heads": H, "latent": D, "window": WINDOW, "topk": TOPK, "index_heads": HI,
+                          "index_dim": DI, "csa_ratio": CSA_RATIO, "hca_ratio": HCA_RATIO})
 
 
 if __name__ == "__main__":

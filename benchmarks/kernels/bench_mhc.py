@@ -22,12 +22,11 @@ import torch
 if not torch.cuda.is_available():  # Triton's CPU interpreter; must be set before the kernels are defined
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import triton  # noqa: E402
 
 from vllm.kernels import mhc  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
 
-from benchmarks.kernels.common import bench, ceilings, roofline  # noqa: E402
+from benchmarks.kernels.common import bench, ceilings, roofline, write_results  # noqa: E402
 
 D, HC, ITERS, HC_EPS, NORM_EPS = 4096, 4, 20, 1e-6, 1e-6  # V4-Flash
 TOKENS = (1, 8, 32, 128, 1024, 4096)
@@ -159,16 +158,11 @@ def main():
     results: list = []
     t0 = time.time()
     run(results, d, tokens, getattr(torch, a.dtype), json.loads(a.configs), timed, bw, mm)
-    doc = {"device": torch.cuda.get_device_name() if timed else "cpu (Triton interpreter, untimed)",
-           "torch": torch.__version__, "triton": triton.__version__,
-           "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm} if timed else None,
-           "shapes": {"dim": d, "hc": HC, "sinkhorn_iters": ITERS, "hc_eps": HC_EPS, "norm_eps": NORM_EPS,
-                      "pre_fn": [(2 + HC) * HC, HC * d], "head_fn": [HC, HC * d], "streams_dtype": a.dtype},
-           "timing": "kernels: median of CUDA graph replays; torch references: graph replays where they capture, "
-                     "else median of eager calls (CUDA events); bytes: each input read once, outputs written once",
-           "seconds": round(time.time() - t0, 1), "results": results}
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_results(a.out, results, bw if timed else None, mm, t0,
+                  "kernels: median of CUDA graph replays; torch references: graph replays where they capture, "
+                  "else median of eager calls (CUDA events); bytes: each input read once, outputs written once",
+                  shapes={"dim": d, "hc": HC, "sinkhorn_iters": ITERS, "hc_eps": HC_EPS, "norm_eps": NORM_EPS,
+                          "pre_fn": [(2 + HC) * HC, HC * d], "head_fn": [HC, HC * d], "streams_dtype": a.dtype})
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ import json
 import time
 
 import torch
-import triton
 
-from benchmarks.kernels.common import bench, bench_rotating, ceilings, roofline, rotation_copies
+from benchmarks.kernels.common import (bench, bench_rotating, ceilings, roofline, rotation_copies,
+                                       write_results)
 from vllm.kernels import fused_moe as fm
 from vllm.kernels.quant_gemm import FP8_BLOCK, MXFP4, QuantWeight, linear, linear_ref
 from vllm.kernels.testing import assert_close
@@ -132,13 +132,9 @@ def main():
         run_linears(results, bw, mm, TOKENS, names)
     if "moe" in a.ops:
         run_moe(results, bw, mm, MOE_BATCHES)
-    doc = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm},
-           "shapes": {"hidden": D, "experts": E, "top_k": TOP_K, "moe_inter": INTER, "linears": LINEARS},
-           "timing": "Triton and cuBLAS: median of CUDA graph replays; torch references: eager (CUDA events)",
-           "seconds": round(time.time() - t0, 1), "results": results}
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_results(a.out, results, bw, mm, t0,
+                  "Triton and cuBLAS: median of CUDA graph replays; torch references: eager (CUDA events)",
+                  shapes={"hidden": D, "experts": E, "top_k": TOP_K, "moe_inter": INTER, "linears": LINEARS})
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import torch
 if not torch.cuda.is_available():  # Triton's CPU interpreter; must be set before the kernels are defined
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import triton  # noqa: E402
 
 from vllm.kernels import rms_norm as rn  # noqa: E402
+from benchmarks.kernels.common import write_results  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
 
 # name -> (rows per token, D, weighted)
@@ -61,13 +61,8 @@ def main():
                 row.update(**roofline(us, nbytes, 0, bw, mm), torch_ref_us=round(ref_us, 2))
             results.append(row)
             print(json.dumps(row), flush=True)
-    doc = {"device": torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter, no timing)",
-           "torch": torch.__version__, "triton": triton.__version__,
-           "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm}, "dtype": "bf16", "eps": 1e-6,
-           "timing": "kernel and torch reference: median of CUDA graph replays",
-           "seconds": round(time.time() - t0, 1), "results": results}
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_results(a.out, results, bw, mm, t0, "kernel and torch reference: median of CUDA graph replays",
+                  dtype="bf16", eps=1e-6)
 
 
 if __name__ == "__main__":

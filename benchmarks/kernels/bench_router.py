@@ -25,9 +25,9 @@ import torch
 if not torch.cuda.is_available():  # dry run in Triton's interpreter; set before the kernels are imported
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import triton  # noqa: E402
 
 from vllm.kernels import moe_router as mr  # noqa: E402
+from benchmarks.kernels.common import write_results  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
 
 D, E, K, SCALING, VOCAB = 4096, 256, 6, 1.5, 129280  # V4-Flash
@@ -147,15 +147,10 @@ def main():
     run(results, tokens, shapes["d"], shapes["e"], shapes["vocab"], json.loads(a.configs), bw, mm)
     if a.after_norm and bw is not None:
         run_after_norm(results, [int(t) for t in a.after_norm.split(",")], shapes["d"], shapes["e"], shapes["vocab"])
-    doc = {"device": torch.cuda.get_device_name() if bw else "cpu (Triton interpreter, no timing)",
-           "torch": torch.__version__, "triton": triton.__version__,
-           "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm},
-           "shapes": {"hidden": shapes["d"], "experts": shapes["e"], "top_k": K, "scaling": SCALING,
-                      "vocab": shapes["vocab"], "score_func": "sqrtsoftplus", "dtype": "bf16"},
-           "timing": "kernel: median of CUDA graph replays; torch reference: median of eager calls (CUDA events)",
-           "seconds": round(time.time() - t0, 1), "results": results}
-    with open(a.out, "w") as f:
-        json.dump(doc, f, indent=1)
+    write_results(a.out, results, bw, mm, t0,
+                  "kernel: median of CUDA graph replays; torch reference: median of eager calls (CUDA events)",
+                  shapes={"hidden": shapes["d"], "experts": shapes["e"], "top_k": K, "scaling": SCALING,
+                          "vocab": shapes["vocab"], "score_func": "sqrtsoftplus", "dtype": "bf16"})
 
 
 if __name__ == "__main__":

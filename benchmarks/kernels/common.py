@@ -1,6 +1,9 @@
-"""Shared benchmark helpers: measured ceilings, CUDA-graph timing, roofline fractions."""
+"""Shared benchmark helpers: measured ceilings, CUDA-graph timing, roofline fractions, the results file."""
 
 from __future__ import annotations
+
+import json
+import time
 
 import torch
 import triton
@@ -43,3 +46,15 @@ def roofline(us: float, nbytes: float, flops: float, bw: float, mm: float) -> di
     return {"us": round(us, 2), "GB/s": round(nbytes / us / 1e3, 1), "TFLOP/s": round(flops / us / 1e6, 2),
             "roofline_us": round(floor, 2), "fraction_of_roofline": round(floor / us, 3),
             "bound": "memory" if nbytes / bw >= flops / mm else "compute"}
+
+
+def write_results(path: str, results: list, bw: float | None, mm: float | None, t0: float, timing: str,
+                  **fields) -> None:
+    """The results JSON every kernel benchmark writes: device, versions, the measured ceilings (None when
+    untimed: the CPU interpreter), the benchmark's own fields (shapes, ...), how it timed, its seconds."""
+    doc = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (Triton interpreter, untimed)",
+           "torch": torch.__version__, "triton": triton.__version__,
+           "ceilings": {"copy_bytes_per_s": bw, "bf16_matmul_flop_per_s": mm} if bw else None,
+           **fields, "timing": timing, "seconds": round(time.time() - t0, 1), "results": results}
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
