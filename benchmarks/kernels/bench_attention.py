@@ -20,6 +20,7 @@ from vllm.core.kv_cache.paged_rows import PagedRows
 from vllm.core.kv_cache.specs import LayerTensorSpec
 from vllm.kernels import compress_pool as cp
 from vllm.kernels import fp8_ds_mla, indexer_topk as ix, sparse_attn as sa, sparse_attn_sm90 as sm90
+from vllm.kernels import sparse_attn_sm90_fp8 as sm90_fp8
 from vllm.kernels.testing import assert_close
 
 from benchmarks.kernels.common import bench, ceilings, roofline, write_results
@@ -85,8 +86,10 @@ def time_default_kernel(q, sources, sink, scale, ref, configs, what) -> tuple[fl
     if not sm90.takes(q, sources):
         return us, {"kernel": "portable", "config": cfg}
     sm90_us, _ = best_config(lambda: sm90.sparse_attn_sm90(q, sources, sink, scale), ref, [{}], what + " sm90")
-    return sm90_us, {"kernel": "sm90", "config": dict(block_k=sm90.BLOCK_K, num_buf=sm90.NUM_BUF),
-                     "portable_us": round(us, 2)}
+    fp8 = getattr(sources[0][0], "layout", None) is not None
+    config = dict(block_k=sm90_fp8.BLOCK_K, num_buf=sm90_fp8.NUM_BUF, num_raw=sm90_fp8.NUM_RAW) if fp8 else \
+        dict(block_k=sm90.BLOCK_K, num_buf=sm90.NUM_BUF)
+    return sm90_us, {"kernel": "sm90_fp8" if fp8 else "sm90", "config": config, "portable_us": round(us, 2)}
 
 
 def run_decode(results, bw, mm, configs, contexts, batches, kinds):

@@ -1,5 +1,6 @@
-"""The Hopper (Gluon) sparse MLA decode kernel against the torch reference: on an SM 9.x GPU only
-(Gluon kernels do not run in Triton's interpreter); its sm90 compile is checked on any machine."""
+"""The Hopper (Gluon) sparse MLA decode kernels (plain rows, fp8_ds_mla pages) against the torch reference:
+on an SM 9.x GPU only (Gluon kernels do not run in Triton's interpreter); their sm90 compile and what they
+take are checked on any machine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import torch
 pytest.importorskip("triton")
 
 from vllm import LLM, SamplingParams  # noqa: E402
-from vllm.kernels import sparse_attn as sa, sparse_attn_sm90 as sm90  # noqa: E402
+from vllm.core.kv_cache.paged_rows import PagedRows  # noqa: E402
+from vllm.core.kv_cache.specs import LayerTensorSpec  # noqa: E402
+from vllm.kernels import fp8_ds_mla, sparse_attn as sa, sparse_attn_sm90 as sm90, sparse_attn_sm90_fp8 as sm90_fp8  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
 from vllm.model_executor.model_loader.tiny_checkpoint import TinyModelSpec  # noqa: E402
 
@@ -37,12 +40,23 @@ CASES = {  # name: (T, H, K window, K compressed, fraction invalid)
 }
 
 
-def _case(name, dtype, seed=0):
+def _pages(values: torch.Tensor, block_size: int) -> PagedRows:
+    """`values` quantized into fp8_ds_mla pages of V4's layout (448 e4m3 + 64 bf16), at slots 0.."""
+    layout = fp8_ds_mla.Fp8DsMlaLayout(block_size=block_size)
+    n = values.shape[0]
+    pages = PagedRows(LayerTensorSpec(0, "swa", block_size, D, torch.bfloat16, layout), -(-n // block_size), "cuda")
+    pages.write(values, torch.arange(n, device="cuda"))
+    return pages
+
+
+def _case(name, dtype, seed=0, fp8=False):
     t, h, kw, kc, invalid = CASES[name]
     g = torch.Generator().manual_seed(seed)
     n = 700
     rows = (torch.randn(n, D, generator=g) * torch.logspace(-1, 0.5, n)[:, None]).to("cuda", dtype)
     comp = torch.randn(n // 2, D, generator=g).to("cuda", dtype)
+    if fp8:  # pages of two sizes: the page arithmetic differs per source
+        rows, comp = _pages(rows, 64), _pages(comp, 16)
 
     def idx(k, hi):
         i = torch.randint(0, hi, (t, k), generator=g)
@@ -68,6 +82,20 @@ def test_sm90_matches_reference(case, splits, block_k, num_buf, dtype):
     assert_close(out, ref, 1e-2, case)
     if CASES[case][4] == 1.0:
         assert out.abs().max() == 0  # the sink takes all the mass
+
+
+@needs_hopper
+@pytest.mark.parametrize("num_raw", [sm90_fp8.NUM_RAW, 2])
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("case", list(CASES))
+def test_sm90_fp8_pages_match_reference(case, splits, num_raw):
+    """fp8_ds_mla pages: the reference dequantizes the same bytes, so only the sums' order differs."""
+    q, sources, sink = _case(case, torch.bfloat16, fp8=True)
+    out = sm90.sparse_attn_sm90(q, sources, sink, D**-0.5, num_splits=splits) if num_raw == sm90_fp8.NUM_RAW \
+        else sm90_fp8.sparse_attn_sm90_fp8(q, sources, sink, D**-0.5, num_raw=num_raw, num_splits=splits)
+    assert_close(out, sa.sparse_attn_ref(q, sources, sink, D**-0.5), 1e-2, case)
+    if CASES[case][4] == 1.0:
+        assert out.abs().max() == 0
 
 
 @needs_hopper
@@ -104,32 +132,63 @@ def test_unsupported_reason_names_what_it_lacks():
     assert reason is not None and ("Hopper" in reason or "gluon" in reason)
 
 
+class _Pages:  # what unsupported_reason reads of a PagedRows
+    def __init__(self, layout):
+        self.layout, self.data = layout, None
+
+
+@pytest.mark.parametrize("q_dtype,sources,says", [
+    (torch.bfloat16, [_Pages(fp8_ds_mla.Fp8DsMlaLayout()), _Pages(fp8_ds_mla.Fp8DsMlaLayout(block_size=16))], None),
+    (torch.bfloat16, [torch.zeros(4, D, dtype=torch.bfloat16)], None),
+    (torch.float16, [_Pages(fp8_ds_mla.Fp8DsMlaLayout())], "bf16 q over fp8_ds_mla"),
+    (torch.bfloat16, [_Pages(fp8_ds_mla.Fp8DsMlaLayout()), torch.zeros(4, D, dtype=torch.bfloat16)], "one format"),
+    (torch.bfloat16, [_Pages(fp8_ds_mla.Fp8DsMlaLayout(nope=384, rope=128))], "V4's latent layout"),
+    (torch.float16, [torch.zeros(4, D, dtype=torch.bfloat16)], "q's dtype"),
+], ids=["v4-pages", "bf16-rows", "fp16-q-on-pages", "mixed", "other-layout", "rows-in-another-dtype"])
+def test_what_the_hopper_kernels_take(monkeypatch, q_dtype, sources, says):
+    """On a Hopper device (faked here): the formats each kernel reads, and a reason naming what is off."""
+    monkeypatch.setattr(sm90, "device_unsupported_reason", lambda device: None)
+    q = torch.zeros(1, 64, D, dtype=q_dtype)
+    reason = sm90.unsupported_reason(q, [(src, torch.zeros(1, 2, dtype=torch.long)) for src in sources])
+    assert (reason is None) if says is None else (says in reason), reason
+
+
 _RESOURCES = """
 import json, sys
 from tools.cubin_resources import kernel_resources
-from vllm.kernels import sparse_attn_sm90 as sm90
-block_k, num_buf, splits = (int(a) for a in sys.argv[1:])
+from vllm.kernels import sparse_attn_sm90 as sm90, sparse_attn_sm90_fp8 as fp8
+kind, block_k, num_buf, splits = sys.argv[1], *(int(a) for a in sys.argv[2:])
+sizes = ("k0_len", "idx0_stride", "k1_len", "idx1_stride", "H", "q_stride_t", "q_stride_h", "o_stride_t",
+         "o_stride_h", "split_len")
 types = dict(q_ptr="*bf16", out_ptr="*bf16", sink_ptr="*fp32", part_o_ptr="*fp32", part_lse_ptr="*fp32",
-             src0_ptr="*bf16", idx0_ptr="*i64", src1_ptr="*bf16", idx1_ptr="*i64", qk_scale="fp32")
-types.update({n: "i32" for n in ("k0_len", "idx0_stride", "row0_stride", "k1_len", "idx1_stride", "row1_stride",
-                                 "H", "q_stride_t", "q_stride_h", "o_stride_t", "o_stride_h", "split_len")})
-cons = dict(D=512, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS,
-            LOAD_REGS=sm90.LOAD_REGS[block_k], num_warps=sm90.NUM_WARPS)
-print(json.dumps(kernel_resources(sm90._sparse_attn_sm90_kernel, types, cons, arch=90, num_warps=sm90.NUM_WARPS,
-                                  num_stages=1, not_divisible=("k0_len", "k1_len", "H"))))
+             idx0_ptr="*i64", idx1_ptr="*i64", qk_scale="fp32", **{n: "i32" for n in sizes})
+cons = dict(BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS, num_warps=sm90.NUM_WARPS)
+if kind == "rows":
+    kernel = sm90._sparse_attn_sm90_kernel
+    types.update(src0_ptr="*bf16", src1_ptr="*bf16", row0_stride="i32", row1_stride="i32")
+    cons.update(D=512, LOAD_REGS=sm90.LOAD_REGS[block_k])
+else:
+    kernel = fp8._sparse_attn_sm90_fp8_kernel
+    types.update(src0_ptr="*u8", src1_ptr="*u8", rope0_ptr="*bf16", rope1_ptr="*bf16",
+                 **{n: "i32" for n in ("page0_rows", "page0_bytes", "page1_rows", "page1_bytes")})
+    cons.update(NUM_RAW=fp8.NUM_RAW, LOAD_REGS=fp8.LOAD_REGS)
+print(json.dumps(kernel_resources(kernel, types, cons, arch=90, num_warps=sm90.NUM_WARPS, num_stages=1,
+                                  not_divisible=("k0_len", "k1_len", "H", "page0_rows", "page1_rows"))))
 """
 
 
 @pytest.mark.skipif(not sm90.HAS_GLUON, reason="needs Gluon")
-@pytest.mark.parametrize("block_k,num_buf", [(sm90.BLOCK_K, sm90.NUM_BUF), (32, 4)], ids=["default", "32x4"])
+@pytest.mark.parametrize("kind,block_k,num_buf", [("rows", sm90.BLOCK_K, sm90.NUM_BUF), ("rows", 32, 4),
+                                                  ("fp8", sm90_fp8.BLOCK_K, sm90_fp8.NUM_BUF)],
+                         ids=["rows-default", "rows-32x4", "fp8-pages"])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_sm90_compiles_without_spills(block_k, num_buf, splits):
-    """The kernel compiled for sm_90 on any machine (the Triton wheel ships ptxas; in a fresh process, as
+def test_sm90_compiles_without_spills(kind, block_k, num_buf, splits):
+    """The kernels compiled for sm_90 on any machine (the Triton wheel ships ptxas; in a fresh process, as
     the interpreter wraps kernels at import): math and load warps within their register budgets (no
-    spilled bytes), the ring within Hopper's 227 KB of shared memory, load warps on top of the math."""
+    spilled bytes), rings and staging within Hopper's 227 KB of shared memory, load warps on top of the math."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _RESOURCES, str(block_k), str(num_buf), str(splits)], env=env,
-                          cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _RESOURCES, kind, str(block_k), str(num_buf), str(splits)],
+                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads(done.stdout.splitlines()[-1])
     assert res["stack_bytes"] == 0, res
@@ -138,9 +197,11 @@ def test_sm90_compiles_without_spills(block_k, num_buf, splits):
 
 
 @needs_hopper
-def test_model_on_triton_sm90_matches_portable_backend(checkpoint_factory, monkeypatch):
-    """A bf16 model at V4's attention width (64 heads x 512) on `triton-sm90` against `triton`: 32-token
-    prefill chunks (32 queries: the Hopper kernel takes them) and decode (the portable kernel)."""
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_model_on_triton_sm90_matches_portable_backend(checkpoint_factory, monkeypatch, kv_cache_dtype):
+    """A bf16 model at V4's attention width (64 heads x 512) on `triton-sm90` against `triton`, with bf16 rows
+    and fp8_ds_mla pages: 32-token prefill chunks (32 queries: the Hopper kernels take them) and decode (the
+    portable kernel)."""
     path = checkpoint_factory(TinyModelSpec(naming="transformers", num_heads=64, head_dim=512, rope_dim=64,
                                             index_head_dim=128, dtype="bfloat16"))
     calls = []
@@ -153,7 +214,7 @@ def test_model_on_triton_sm90_matches_portable_backend(checkpoint_factory, monke
 
     def run(backend):
         llm = LLM(path, dtype="bfloat16", device="cuda", attention_backend=backend, block_size=16,
-                  max_model_len=256, max_num_batched_tokens=32, show_progress=False)
+                  max_model_len=256, max_num_batched_tokens=32, kv_cache_dtype=kv_cache_dtype, show_progress=False)
         params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, prompt_logprobs=0)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         lps = torch.tensor([lp[p[i]].logprob for o, p in zip(outs, prompts)

@@ -5,17 +5,16 @@ for gathered rows: its pipeliner waits for every row copy at the top of each ste
 addresses come from an index read in the same step), and a dot feeding another dot gets all 8
 warps along the 64 heads, so both warpgroups compute the same scores. Gluon states both:
 
-- load warps (a warp-specialized partition with few registers) read each tile's slots and cp.async
-  its rows into a ring of NUM_BUF shared-memory tiles; an mbarrier per tile says "landed" (the
-  copies' own arrival) and one says "consumed";
-- two math warpgroups (the registers freed by the load warps: a [64, 512] fp32 accumulator is 128
-  a thread) run QK on the tensor cores (wgmma) with the warpgroups on different rows of the tile
-  (`[4, 2]` warps), P through shared memory, PV with each warpgroup on half the 512 channels.
+- load warps (a warp-specialized partition with few registers) read each tile's slots and fill a
+  ring of NUM_BUF shared-memory tiles; an mbarrier per tile says "ready" and one says "consumed";
+- two math warpgroups run QK and PV on wgmma (`sparse_attn_sm90_attend.py`, shared by both formats).
 
-Plain (bf16/fp16) latent rows, all the heads of a query in blocks of 64 (a wgmma's M), two
-sources (window rows, compressed entries) as one list. The sink, the -1 skips, the splits of the
-list and their merge are the portable kernel's (`attn_splits.py`). fp8_ds_mla pages and
-small batches take the portable kernel (`takes`).
+This module is the entry point: what the kernels take (`unsupported_reason`, `takes`), and the
+plain-row kernel, whose load warps cp.async bf16/fp16 rows straight into the ring (the copies' own
+arrival completes "ready"). fp8_ds_mla pages go to `sparse_attn_sm90_fp8.py`, whose load warps
+dequantize. All the heads of a query in blocks of 64 (a wgmma's M), two sources (window rows,
+compressed entries) as one list. The sink, the -1 skips, the splits of the list and their merge are
+the portable kernel's (`attn_splits.py`). Small batches take the portable kernel (`takes`).
 """
 
 from __future__ import annotations
@@ -24,43 +23,26 @@ import functools
 
 import torch
 
-from vllm.kernels import sparse_attn as portable
+from vllm.kernels import sparse_attn as portable, sparse_attn_sm90_fp8 as fp8_pages
 from vllm.kernels.attn_splits import merge_splits, plan_splits
-from vllm.kernels._triton import HAS_TRITON, triton
+from vllm.kernels._triton import triton
+from vllm.kernels.sparse_attn_sm90_attend import BLOCK_H, HAS_GLUON, LOAD_WARPS, LOG2E, NUM_WARPS
 
-try:  # Gluon ships with Triton >= 3.5; without it the portable kernel serves Hopper too
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
-                                                                  warpgroup_mma_wait)
-
-    HAS_GLUON = HAS_TRITON
-except ImportError:  # pragma: no cover - depends on the Triton version
-    HAS_GLUON = False
-
-BLOCK_H = 64  # heads a program: one wgmma M
-NUM_WARPS = 8  # two math warpgroups (the load warps come on top)
 MIN_WORK = 8 * 640  # (query, head block) programs x rows a query: see big_enough
 # 64-row tiles in two buffers at every batch: against 32-row tiles four deep, H200, V4-Flash CSA 32K,
 # 32 / 64 / 128 requests: 21.8 / 29.8 / 41.3 us vs 23.6 / 34.0 / 50.8 (h200_sparse_attn_sm90_sweep.json)
 BLOCK_K, NUM_BUF = 64, 2
-LOAD_WARPS = 4  # fewer spill their row addresses
 # registers a load thread per tile height: the most that leave the math warpgroups unspilled
 # (compile-only check: tests/kernels/test_sparse_attn_sm90.py)
 LOAD_REGS = {64: 56, 32: 64}
-LOG2E = 1.4426950408889634
 
 if HAS_GLUON:
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+    from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-    @gluon.jit
-    def _tile_slots(idx0_ptr, idx1_ptr, k0_len, pos, hi):
-        """Slots of list positions `pos` of [src0 indices | src1 indices] (-1 past hi); the source of each."""
-        in0 = pos < k0_len
-        live = pos < hi
-        s0 = gl.load(idx0_ptr + pos, mask=live & in0, other=-1)
-        s1 = gl.load(idx1_ptr + (pos - k0_len), mask=live & (pos >= k0_len), other=-1)
-        return gl.where(in0, s0, s1).to(gl.int32), in0
+    from vllm.kernels.sparse_attn_sm90_attend import _attend, _load_q, _tile_slots
 
     @gluon.jit
     def _issue_rows(dst, src0_ptr, src1_ptr, row0_stride, row1_stride, slots, in0, cols):
@@ -90,74 +72,6 @@ if HAS_GLUON:
             cp.mbarrier_arrive(full.index(b), increment_count=False)
 
     @gluon.jit
-    def _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                      o_stride_h, BH: gl.constexpr, D: gl.constexpr, NUM_SPLITS: gl.constexpr):
-        """The normalized output with the sink (one split), or this split's output and natural-log LSE."""
-        o_layout: gl.constexpr = acc.type.layout
-        dt: gl.constexpr = out_ptr.dtype.element_ty
-        heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
-        hmask = heads < H
-        ocols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-        m_o = gl.convert_layout(m, gl.SliceLayout(1, o_layout))
-        l_o = gl.convert_layout(l_sum, gl.SliceLayout(1, o_layout))
-        if NUM_SPLITS == 1:
-            sink = gl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
-            mf = gl.maximum(m_o, sink)
-            w = gl.exp2(m_o - mf)
-            norm = w / (l_o * w + gl.exp2(sink - mf))
-            o_rows = out_ptr + t * o_stride_t + heads.to(gl.int64)[:, None] * o_stride_h
-            gl.store(o_rows + ocols[None, :], (acc * norm[:, None]).to(dt), mask=hmask[:, None])
-        else:  # this split's normalized output and natural-log LSE (-inf when it saw no valid row)
-            row = (t * NUM_SPLITS + split) * H + heads
-            lse = gl.where(l_o > 0, (m_o + gl.log2(gl.maximum(l_o, 1e-30))) * 0.6931471805599453, float("-inf"))
-            den = gl.maximum(l_o, 1e-30)
-            gl.store(part_o_ptr + row.to(gl.int64)[:, None] * D + ocols[None, :], acc / den[:, None],
-                     mask=hmask[:, None])
-            gl.store(part_lse_ptr + row, lse, mask=hmask)
-
-    @gluon.jit
-    def _attend(q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
-                out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
-                BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
-                NUM_SPLITS: gl.constexpr):
-        """Consumer warpgroups: per tile S = q K^T (the warpgroups on different rows), online softmax in log2
-        units, P through shared memory, acc += P V (each warpgroup on half the channels); then the output."""
-        dt: gl.constexpr = q_smem.dtype
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, BLOCK_K // 2, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, D // 2, 16])
-        kcol = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, s_layout))
-        m = gl.full([BH], -1e30, gl.float32, layout=gl.SliceLayout(1, s_layout))  # finite: alpha stays 0/1
-        l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
-        acc = gl.zeros([BH, D], gl.float32, layout=o_layout)
-        for j in range(n_tiles):
-            b = j % NUM_BUF
-            cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol, hi)  # the producer read it: cached
-            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
-            fence_async_shared()  # the copies, visible to the tensor cores' proxy
-            kv = kv_smem.index(b)
-            s = warpgroup_mma(q_smem, kv.permute((1, 0)), gl.zeros([BH, BLOCK_K], gl.float32, s_layout),
-                              use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(0, deps=[s])
-            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
-            m_new = gl.maximum(m, gl.max(s, axis=1))
-            alpha = gl.exp2(m - m_new)
-            p = gl.exp2(s - m_new[:, None])
-            l_sum = l_sum * alpha + gl.sum(p, axis=1)
-            m = m_new
-            p_smem.store(p.to(dt))
-            fence_async_shared()
-            gl.thread_barrier()  # both warpgroups' P
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            acc = warpgroup_mma(p_smem, kv, acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=[acc])
-            mbarrier.arrive(empty.index(b))  # after both warpgroups: the buffer and P are free again
-
-        _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                      o_stride_h, BH, D, NUM_SPLITS)
-
-    @gluon.jit
     def _sparse_attn_sm90_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
                                  src0_ptr, idx0_ptr, k0_len, idx0_stride, row0_stride,
                                  src1_ptr, idx1_ptr, k1_len, idx1_stride, row1_stride,
@@ -180,16 +94,7 @@ if HAS_GLUON:
             mbarrier.init(full.index(i), count=LOAD_WARPS * 32)  # one no-increment arrival per loading thread
             mbarrier.init(empty.index(i), count=1)  # the consumer partition arrives once
 
-        # q into shared memory before the partitions fork
-        ld: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [num_warps, 1], [1, 0])
-        cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
-        heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, ld))
-        q_rows = q_ptr + t * q_stride_t + heads.to(gl.int64)[:, None] * q_stride_h
-        cp.async_copy_global_to_shared(q_smem, q_rows + cols[None, :], mask=(heads < H)[:, None])
-        cp.commit_group()
-        cp.wait_group(0)
-        fence_async_shared()
-        gl.thread_barrier()
+        _load_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH, D)
 
         idx0 = idx0_ptr + t * idx0_stride
         idx1 = idx1_ptr + t * idx1_stride
@@ -216,9 +121,15 @@ def device_unsupported_reason(device: torch.device) -> str | None:
     return None
 
 
+def _page_layout(src):
+    """The fp8_ds_mla layout of a source, or None for plain rows."""
+    return None if isinstance(src, torch.Tensor) else src.layout
+
+
 def unsupported_reason(q: torch.Tensor, sources) -> str | None:
-    """Why this kernel cannot take the call (None if it can): the device's reason, else bf16/fp16 q of 512
-    channels over plain rows (fp8_ds_mla pages take the portable kernel)."""
+    """Why the Hopper kernels cannot take the call (None if they can): the device's reason, else q of 512
+    channels over one or two sources of one format: plain rows in q's dtype (bf16/fp16), or fp8_ds_mla pages
+    of V4's layout with bf16 q."""
     reason = device_unsupported_reason(q.device)
     if reason is not None:
         return reason
@@ -226,10 +137,17 @@ def unsupported_reason(q: torch.Tensor, sources) -> str | None:
         return "takes bf16/fp16 q with a 512-channel latent"
     if not 1 <= len(sources) <= 2:
         return "takes one or two sources"
+    layouts = [_page_layout(src) for src, _ in sources]
+    if any(lay is not None for lay in layouts):
+        if any(lay is None for lay in layouts):
+            return "takes sources of one format (plain rows or fp8_ds_mla pages), not both"
+        if q.dtype != torch.bfloat16:
+            return "takes bf16 q over fp8_ds_mla pages (they dequantize into bf16)"
+        return next(filter(None, map(fp8_pages.layout_unsupported_reason, layouts)), None)
     for src, _ in sources:
-        rows = src if isinstance(src, torch.Tensor) else (src.data if src.layout is None else None)
-        if rows is None or rows.dtype != q.dtype:
-            return "takes plain latent rows in q's dtype (fp8_ds_mla pages take the portable kernel)"
+        rows = src if isinstance(src, torch.Tensor) else src.data
+        if rows.dtype != q.dtype:
+            return f"takes plain latent rows in q's dtype ({q.dtype}), got {rows.dtype}"
     return None
 
 
@@ -249,11 +167,15 @@ def big_enough(programs: int, rows: int) -> bool:
 
 def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_k: int | None = None,
                      num_buf: int | None = None, num_splits: int | None = None) -> torch.Tensor:
-    """sparse_attn_ref's contract on Hopper (see `unsupported_reason` for what it takes). Row tiles of block_k
-    rows in a ring of num_buf (default BLOCK_K, NUM_BUF); splits of the lists as the portable kernel's."""
+    """sparse_attn_ref's contract on Hopper (see `unsupported_reason` for what it takes). Plain rows: row tiles
+    of block_k rows in a ring of num_buf (default BLOCK_K, NUM_BUF); fp8_ds_mla pages: the fp8 kernel's own
+    tiles (`sparse_attn_sm90_fp8`; block_k and num_buf are for plain rows). Splits of the lists as the
+    portable kernel's."""
     reason = unsupported_reason(q, sources)
     assert reason is None, f"sparse_attn_sm90 {reason}"
     assert q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
+    if _page_layout(sources[0][0]) is not None:
+        return fp8_pages.sparse_attn_sm90_fp8(q, sources, sink, scale, num_splits=num_splits)
     t, h, d = q.shape
     block_k = BLOCK_K if block_k is None else block_k
     num_buf = NUM_BUF if num_buf is None else num_buf
