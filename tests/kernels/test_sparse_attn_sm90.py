@@ -98,6 +98,42 @@ def test_sm90_fp8_pages_match_reference(case, splits, num_raw):
         assert out.abs().max() == 0
 
 
+def _pages_of_every_code(n: int, block_size: int, g: torch.Generator) -> PagedRows:
+    """n rows of V4 pages written byte by byte: NoPE bytes drawn from every e4m3 code but NaN (subnormals and
+    both zeros included), scale bytes 2^-17 .. 2^13, random bf16 RoPE channels."""
+    pages = _pages(torch.zeros(n, D, device="cuda", dtype=torch.bfloat16), block_size)
+    lay = pages.layout
+    codes = torch.tensor([c for c in range(256) if c & 0x7F != 0x7F], dtype=torch.uint8)
+    nope = codes[torch.randint(0, len(codes), (n, lay.nope), generator=g)]
+    rope = torch.randn(n, lay.rope, generator=g).to(torch.bfloat16).view(torch.uint8)
+    scales = torch.zeros(n, lay.scale_bytes, dtype=torch.uint8)
+    scales[:, :lay.num_tiles] = torch.randint(110, 141, (n, lay.num_tiles), generator=g, dtype=torch.uint8)
+    slot = torch.arange(n)
+    page, row = slot // block_size, slot % block_size
+    data = pages.data.cpu()
+    data[page[:, None], row[:, None] * lay.data_bytes + torch.arange(lay.data_bytes)] = torch.cat([nope, rope], 1)
+    data[page[:, None], block_size * lay.data_bytes + row[:, None] * lay.scale_bytes
+         + torch.arange(lay.scale_bytes)] = scales
+    pages.data.copy_(data)
+    return pages
+
+
+@needs_hopper
+def test_sm90_fp8_dequantizes_every_code_exactly():
+    """Each query sees one row (and a sink of no weight), so its output is that row as the kernel dequantized
+    it: equal, bit for bit, to the reference's dequantization, for every code and many scales."""
+    n = 256
+    g = torch.Generator().manual_seed(1)
+    pages = _pages_of_every_code(n, 64, g)
+    idx = torch.full((n, 40), -1, dtype=torch.long)
+    idx[:, 33] = torch.arange(n)
+    q = torch.randn(n, 64, D, generator=g).to("cuda", torch.bfloat16)
+    sink = torch.full((64,), -1e30, device="cuda")
+    out = sm90_fp8.sparse_attn_sm90_fp8(q, [(pages, idx.to("cuda"))], sink, D**-0.5)
+    want = pages.gather(torch.arange(n, device="cuda")).to(torch.bfloat16)
+    assert torch.equal(out, want[:, None, :].expand_as(out))
+
+
 @needs_hopper
 def test_sm90_first_token_sees_one_row():
     q, sources, sink = _case("one-query-64-heads", torch.bfloat16)
@@ -157,37 +193,37 @@ _RESOURCES = """
 import json, sys
 from tools.cubin_resources import kernel_resources
 from vllm.kernels import sparse_attn_sm90 as sm90, sparse_attn_sm90_fp8 as fp8
-kind, block_k, num_buf, splits = sys.argv[1], *(int(a) for a in sys.argv[2:])
+kind, config, splits = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sizes = ("k0_len", "idx0_stride", "k1_len", "idx1_stride", "H", "q_stride_t", "q_stride_h", "o_stride_t",
          "o_stride_h", "split_len")
 types = dict(q_ptr="*bf16", out_ptr="*bf16", sink_ptr="*fp32", part_o_ptr="*fp32", part_lse_ptr="*fp32",
              idx0_ptr="*i64", idx1_ptr="*i64", qk_scale="fp32", **{n: "i32" for n in sizes})
-cons = dict(BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS, num_warps=sm90.NUM_WARPS)
-if kind == "rows":
+cons = dict(NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS, num_warps=sm90.NUM_WARPS)
+if kind == "rows":  # config: "<block_k>x<num_buf>"
+    block_k, num_buf = (int(v) for v in config.split("x"))
     kernel = sm90._sparse_attn_sm90_kernel
     types.update(src0_ptr="*bf16", src1_ptr="*bf16", row0_stride="i32", row1_stride="i32")
-    cons.update(D=512, LOAD_REGS=sm90.LOAD_REGS[block_k])
-else:
+    cons.update(D=512, BLOCK_K=block_k, NUM_BUF=num_buf, LOAD_REGS=sm90.LOAD_REGS[block_k])
+else:  # config: "default" (fp8.BLOCK_K, NUM_BUF, NUM_RAW)
     kernel = fp8._sparse_attn_sm90_fp8_kernel
     types.update(src0_ptr="*u8", src1_ptr="*u8", rope0_ptr="*bf16", rope1_ptr="*bf16",
                  **{n: "i32" for n in ("page0_rows", "page0_bytes", "page1_rows", "page1_bytes")})
-    cons.update(NUM_RAW=fp8.NUM_RAW, LOAD_REGS=fp8.LOAD_REGS)
+    cons.update(BLOCK_K=fp8.BLOCK_K, NUM_BUF=fp8.NUM_BUF, NUM_RAW=fp8.NUM_RAW, LOAD_REGS=fp8.LOAD_REGS)
 print(json.dumps(kernel_resources(kernel, types, cons, arch=90, num_warps=sm90.NUM_WARPS, num_stages=1,
                                   not_divisible=("k0_len", "k1_len", "H", "page0_rows", "page1_rows"))))
 """
 
 
 @pytest.mark.skipif(not sm90.HAS_GLUON, reason="needs Gluon")
-@pytest.mark.parametrize("kind,block_k,num_buf", [("rows", sm90.BLOCK_K, sm90.NUM_BUF), ("rows", 32, 4),
-                                                  ("fp8", sm90_fp8.BLOCK_K, sm90_fp8.NUM_BUF)],
-                         ids=["rows-default", "rows-32x4", "fp8-pages"])
+@pytest.mark.parametrize("kind,config", [("rows", f"{sm90.BLOCK_K}x{sm90.NUM_BUF}"), ("rows", "32x4"),
+                                         ("fp8", "default")])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_sm90_compiles_without_spills(kind, block_k, num_buf, splits):
+def test_sm90_compiles_without_spills(kind, config, splits):
     """The kernels compiled for sm_90 on any machine (the Triton wheel ships ptxas; in a fresh process, as
     the interpreter wraps kernels at import): math and load warps within their register budgets (no
     spilled bytes), rings and staging within Hopper's 227 KB of shared memory, load warps on top of the math."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    done = subprocess.run([sys.executable, "-c", _RESOURCES, kind, str(block_k), str(num_buf), str(splits)],
+    done = subprocess.run([sys.executable, "-c", _RESOURCES, kind, config, str(splits)],
                           env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads(done.stdout.splitlines()[-1])

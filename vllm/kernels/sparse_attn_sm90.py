@@ -42,7 +42,7 @@ if HAS_GLUON:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-    from vllm.kernels.sparse_attn_sm90_attend import _attend, _load_q, _tile_slots
+    from vllm.kernels.sparse_attn_sm90_attend import _attend, _load_q, _math_buffers, _program_list, _tile_slots
 
     @gluon.jit
     def _issue_rows(dst, src0_ptr, src1_ptr, row0_stride, row1_stride, slots, in0, cols):
@@ -84,23 +84,15 @@ if HAS_GLUON:
         t = gl.program_id(0).to(gl.int64)
         hb = gl.program_id(1)
         split = gl.program_id(2)
-        q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
-        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
-                                            gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
-        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
-        full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        q_smem, kv_smem, p_smem, full, empty = _math_buffers(dt, BH, D, BLOCK_K, NUM_BUF)
         for i in gl.static_range(NUM_BUF):
             mbarrier.init(full.index(i), count=LOAD_WARPS * 32)  # one no-increment arrival per loading thread
             mbarrier.init(empty.index(i), count=1)  # the consumer partition arrives once
 
         _load_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH, D)
 
-        idx0 = idx0_ptr + t * idx0_stride
-        idx1 = idx1_ptr + t * idx1_stride
-        lo = split * split_len
-        hi = gl.minimum(lo + split_len, k0_len + k1_len)
-        n_tiles = gl.cdiv(hi - lo, BLOCK_K)
+        idx0, idx1, lo, hi, n_tiles = _program_list(idx0_ptr, idx1_ptr, t, idx0_stride, idx1_stride, k0_len, k1_len,
+                                                    split, split_len, BLOCK_K)
         gl.warp_specialize([
             (_attend, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
                        out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
@@ -152,7 +144,7 @@ def unsupported_reason(q: torch.Tensor, sources) -> str | None:
 
 
 def takes(q: torch.Tensor, sources) -> bool:
-    """Whether the Hopper kernel should serve this call: it can, and the call is big enough."""
+    """Whether a Hopper kernel should serve this call: one can, and the call is big enough."""
     rows = sum(i.shape[1] for _, i in sources)
     return unsupported_reason(q, sources) is None and big_enough(q.shape[0] * triton.cdiv(q.shape[1], BLOCK_H), rows)
 
@@ -161,7 +153,9 @@ def big_enough(programs: int, rows: int) -> bool:
     """At least MIN_WORK (query, 64-head block) x list rows. Below, the portable kernel's narrower programs
     win: a 64-head program's list is one dependent chain. H200, V4-Flash, us portable / sm90
     (h200_sparse_attn_sm90_small.json): CSA (640 rows) 1 request 8.0 / 11.7, 8: 15.1 / 14.1, 16: 24.6 / 16.1;
-    HCA 4K (160 rows) 16 requests 12.0 / 15.7, 128: 21.9 / 20.4."""
+    HCA 4K (160 rows) 16 requests 12.0 / 15.7, 128: 21.9 / 20.4. fp8_ds_mla pages cross at the same points
+    (h200_sparse_attn_sm90_fp8.json, _sweep.json): CSA 1 request 13.9 / 17.7, 8: 25.6 / 17.4; HCA 4K 16
+    requests 18.9 / 21.7, 128: 43.7 / 31.9."""
     return programs * rows >= MIN_WORK
 
 

@@ -47,6 +47,28 @@ if HAS_GLUON:
         return gl.where(in0, s0, s1).to(gl.int32), in0
 
     @gluon.jit
+    def _math_buffers(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
+                      NUM_BUF: gl.constexpr):
+        """Shared memory the math warpgroups read: q `[BH, D]`, the ring of NUM_BUF row tiles `[BLOCK_K, D]`
+        and P `[BH, BLOCK_K]` (wgmma's swizzled layouts); `full` and `empty` barriers, one per ring tile
+        (the kernel initializes them: who arrives on `full` depends on its load warps)."""
+        q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
+        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
+        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
+        full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        return q_smem, kv_smem, p_smem, full, empty
+
+    @gluon.jit
+    def _program_list(idx0_ptr, idx1_ptr, t, idx0_stride, idx1_stride, k0_len, k1_len, split, split_len,
+                      BLOCK_K: gl.constexpr):
+        """Token t's index rows, and this split's part [lo, hi) of its list in tiles of BLOCK_K."""
+        lo = split * split_len
+        hi = gl.minimum(lo + split_len, k0_len + k1_len)
+        return idx0_ptr + t * idx0_stride, idx1_ptr + t * idx1_stride, lo, hi, gl.cdiv(hi - lo, BLOCK_K)
+
+    @gluon.jit
     def _load_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH: gl.constexpr, D: gl.constexpr):
         """q's heads [hb * BH, hb * BH + BH) of token t into shared memory (zeros past H), visible to wgmma."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])

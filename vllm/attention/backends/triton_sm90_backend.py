@@ -1,8 +1,8 @@
-"""The `triton-sm90` backend: the `triton` backend with Hopper's sparse decode kernel (Gluon, wgmma).
+"""The `triton-sm90` backend: the `triton` backend with Hopper's sparse decode kernels (Gluon, wgmma).
 
-Hopper GPUs (SM 9.x) with Gluon get it by default. Sparse attention calls that the Hopper kernel
-takes (plain bf16/fp16 rows, enough work: `big_enough`) run it; every other call and op runs
-the portable kernels, so choosing this backend never loses a feature.
+Hopper GPUs (SM 9.x) with Gluon get it by default. Sparse attention calls that the Hopper kernels
+take (plain bf16/fp16 rows or V4's fp8_ds_mla pages, enough work: `sparse_attn_sm90.takes`) run them;
+every other call and op runs the portable kernels, so choosing this backend never loses a feature.
 """
 
 from __future__ import annotations
