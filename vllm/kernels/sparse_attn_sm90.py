@@ -23,10 +23,10 @@ import functools
 
 import torch
 
-from vllm.kernels import sparse_attn as portable, sparse_attn_sm90_fp8 as fp8_pages
-from vllm.kernels.attn_splits import merge_splits, plan_splits
+from vllm.kernels import sparse_attn_sm90_fp8 as fp8_pages
 from vllm.kernels._triton import triton
-from vllm.kernels.sparse_attn_sm90_attend import BLOCK_H, HAS_GLUON, LOAD_WARPS, LOG2E, NUM_WARPS
+from vllm.kernels.sparse_attn_sm90_attend import (BLOCK_H, HAS_GLUON, LOAD_WARPS, LOG2E, NUM_WARPS, finish_launch,
+                                                  plan_launch)
 
 MIN_WORK = 8 * 640  # (query, head block) programs x rows a query: see big_enough
 # 64-row tiles in two buffers at every batch: against 32-row tiles four deep, H200, V4-Flash CSA 32K,
@@ -174,22 +174,15 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
     block_k = BLOCK_K if block_k is None else block_k
     num_buf = NUM_BUF if num_buf is None else num_buf
     assert block_k in (32, 64) and num_buf >= 2, "block_k 32 or 64, at least 2 buffers"
-    out = torch.empty_like(q)
     if t == 0:
-        return out
-    args = [portable._source(s, i) for s, i in sources]
-    a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
-    total = args[0].num_indices + a1.num_indices
-    head_blocks = triton.cdiv(h, BLOCK_H)
-    num_splits, split_len, part_o, part_lse = plan_splits(q, out, total, t * head_blocks, block_k, d, num_splits)
-    _sparse_attn_sm90_kernel[(t, head_blocks, num_splits)](
-        q, out, sink, part_o, part_lse,
-        args[0].storage, args[0].indices, args[0].num_indices, args[0].index_stride, args[0].row_stride,
+        return torch.empty_like(q)
+    plan = plan_launch(q, sources, block_k, num_splits)
+    a0, a1 = plan.src0, plan.src1
+    _sparse_attn_sm90_kernel[plan.grid](
+        q, plan.out, sink, plan.part_o, plan.part_lse,
+        a0.storage, a0.indices, a0.num_indices, a0.index_stride, a0.row_stride,
         a1.storage, a1.indices, a1.num_indices, a1.index_stride, a1.row_stride,
-        h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale * LOG2E,
-        D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=num_splits, LOAD_WARPS=LOAD_WARPS,
+        h, q.stride(0), q.stride(1), plan.out.stride(0), plan.out.stride(1), plan.split_len, scale * LOG2E,
+        D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=plan.num_splits, LOAD_WARPS=LOAD_WARPS,
         LOAD_REGS=LOAD_REGS[block_k], num_warps=NUM_WARPS)
-    if num_splits > 1:
-        merge_splits(part_o, part_lse, sink, out, num_splits)
-    return out
-
+    return finish_launch(plan, sink)

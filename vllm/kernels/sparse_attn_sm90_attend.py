@@ -12,12 +12,20 @@ completing a tile's `full` mbarrier when it is ready for the tensor cores. What 
   half the 512 channels (a [64, 512] fp32 accumulator is 128 registers a thread); it arrives on the
   tile's `empty` mbarrier when both warpgroups are done with it;
 - `_store_output`: the output with the sink in the denominator (one split), or the split's output and
-  LSE for `attn_splits.merge_splits`.
+  LSE for `attn_splits.merge_splits`;
+- on the host, `plan_launch` / `finish_launch`: the output, the sources as the kernels take them, the
+  grid and the splits of the lists, and their merge.
 """
 
 from __future__ import annotations
 
-from vllm.kernels._triton import HAS_TRITON
+from typing import NamedTuple
+
+import torch
+
+from vllm.kernels import sparse_attn as portable
+from vllm.kernels.attn_splits import merge_splits, plan_splits
+from vllm.kernels._triton import HAS_TRITON, triton
 
 try:  # Gluon ships with Triton >= 3.5; without it the portable kernel serves Hopper too
     from triton.experimental import gluon
@@ -34,6 +42,36 @@ BLOCK_H = 64  # heads a program: one wgmma M
 NUM_WARPS = 8  # two math warpgroups (the load warps come on top)
 LOAD_WARPS = 4  # fewer spill their row addresses
 LOG2E = 1.4426950408889634
+
+
+class LaunchPlan(NamedTuple):
+    out: torch.Tensor
+    src0: portable._Source
+    src1: portable._Source  # the first source with no indices when there is one
+    grid: tuple[int, int, int]  # (query, 64-head block, split of the list)
+    num_splits: int
+    split_len: int
+    part_o: torch.Tensor
+    part_lse: torch.Tensor
+
+
+def plan_launch(q: torch.Tensor, sources, block_k: int, num_splits: int | None) -> LaunchPlan:
+    """What both Hopper launchers set up the same way: the output, the sources, the grid, the list's splits."""
+    t, h, d = q.shape
+    out = torch.empty_like(q)
+    args = [portable._source(s, i) for s, i in sources]
+    src1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
+    head_blocks = triton.cdiv(h, BLOCK_H)
+    num_splits, split_len, part_o, part_lse = plan_splits(q, out, args[0].num_indices + src1.num_indices,
+                                                          t * head_blocks, block_k, d, num_splits)
+    return LaunchPlan(out, args[0], src1, (t, head_blocks, num_splits), num_splits, split_len, part_o, part_lse)
+
+
+def finish_launch(plan: LaunchPlan, sink: torch.Tensor) -> torch.Tensor:
+    """The output, its splits merged (with the sink) when there were several."""
+    if plan.num_splits > 1:
+        merge_splits(plan.part_o, plan.part_lse, sink, plan.out, plan.num_splits)
+    return plan.out
 
 if HAS_GLUON:
 

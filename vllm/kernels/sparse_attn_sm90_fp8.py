@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from vllm.kernels import sparse_attn as portable
-from vllm.kernels.attn_splits import merge_splits, plan_splits
-from vllm.kernels._triton import triton
-from vllm.kernels.sparse_attn_sm90_attend import BLOCK_H, HAS_GLUON, LOAD_WARPS, LOG2E, NUM_WARPS
+from vllm.kernels.sparse_attn_sm90_attend import (HAS_GLUON, LOAD_WARPS, LOG2E, NUM_WARPS, finish_launch,
+                                                  plan_launch)
 
 # 32-row ring tiles two deep, staging four deep (copies 3 tiles ahead); the rest of the 227 KB is q's 64 KB.
 # H200, V4-Flash CSA 32K, 8 / 32 / 64 / 128 requests (h200_sparse_attn_sm90_fp8.json): 17.8 / 31.5 / 49.2 /
@@ -192,23 +190,15 @@ def sparse_attn_sm90_fp8(q: torch.Tensor, sources, sink: torch.Tensor, scale: fl
     `sparse_attn_sm90.sparse_attn_sm90`, has checked what it takes). Staging num_raw tiles deep (NUM_RAW)."""
     num_raw = NUM_RAW if num_raw is None else num_raw
     assert num_raw >= 2, "the staging ring needs at least 2 tiles (copies run num_raw - 1 ahead)"
-    t, h, d = q.shape
-    out = torch.empty_like(q)
-    if t == 0:
-        return out
-    args = [portable._source(s, i) for s, i in sources]
-    a1 = args[1] if len(args) == 2 else args[0]._replace(num_indices=0)
-    total = args[0].num_indices + a1.num_indices
-    head_blocks = triton.cdiv(h, BLOCK_H)
-    num_splits, split_len, part_o, part_lse = plan_splits(q, out, total, t * head_blocks, BLOCK_K, d, num_splits)
-    _sparse_attn_sm90_fp8_kernel[(t, head_blocks, num_splits)](
-        q, out, sink, part_o, part_lse,
-        args[0].storage, args[0].rope_view, args[0].indices, args[0].num_indices, args[0].index_stride,
-        args[0].page_rows, args[0].page_bytes,
+    if q.shape[0] == 0:
+        return torch.empty_like(q)
+    plan = plan_launch(q, sources, BLOCK_K, num_splits)
+    a0, a1 = plan.src0, plan.src1
+    _sparse_attn_sm90_fp8_kernel[plan.grid](
+        q, plan.out, sink, plan.part_o, plan.part_lse,
+        a0.storage, a0.rope_view, a0.indices, a0.num_indices, a0.index_stride, a0.page_rows, a0.page_bytes,
         a1.storage, a1.rope_view, a1.indices, a1.num_indices, a1.index_stride, a1.page_rows, a1.page_bytes,
-        h, q.stride(0), q.stride(1), out.stride(0), out.stride(1), split_len, scale * LOG2E,
-        BLOCK_K=BLOCK_K, NUM_BUF=NUM_BUF, NUM_RAW=num_raw, NUM_SPLITS=num_splits, LOAD_WARPS=LOAD_WARPS,
-        LOAD_REGS=LOAD_REGS, num_warps=NUM_WARPS)
-    if num_splits > 1:
-        merge_splits(part_o, part_lse, sink, out, num_splits)
-    return out
+        q.shape[1], q.stride(0), q.stride(1), plan.out.stride(0), plan.out.stride(1), plan.split_len,
+        scale * LOG2E, BLOCK_K=BLOCK_K, NUM_BUF=NUM_BUF, NUM_RAW=num_raw, NUM_SPLITS=plan.num_splits,
+        LOAD_WARPS=LOAD_WARPS, LOAD_REGS=LOAD_REGS, num_warps=NUM_WARPS)
+    return finish_launch(plan, sink)
