@@ -241,11 +241,11 @@ def test_model_on_triton_sm90_matches_portable_backend(checkpoint_factory, monke
     path = checkpoint_factory(TinyModelSpec(naming="transformers", num_heads=64, head_dim=512, rope_dim=64,
                                             index_head_dim=128, dtype="bfloat16"))
     calls = []
-    real = sm90.sparse_attn_sm90
+    real = sm90.launch
     # the tiny model's lists are short (window 8, top-3): route by query count instead, so the prefill
     # chunks run the Hopper kernel as V4's 640-row lists would
     monkeypatch.setattr(sm90, "big_enough", lambda programs, rows: programs >= 32)
-    monkeypatch.setattr(sm90, "sparse_attn_sm90", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    monkeypatch.setattr(sm90, "launch", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
     prompts = [[(7 * i + 3 * j) % 400 + 20 for j in range(n)] for i, n in enumerate((70, 5, 40))]
 
     def run(backend):

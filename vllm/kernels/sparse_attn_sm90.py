@@ -167,6 +167,13 @@ def sparse_attn_sm90(q: torch.Tensor, sources, sink: torch.Tensor, scale: float,
     portable kernel's."""
     reason = unsupported_reason(q, sources)
     assert reason is None, f"sparse_attn_sm90 {reason}"
+    return launch(q, sources, sink, scale, block_k=block_k, num_buf=num_buf, num_splits=num_splits)
+
+
+def launch(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_k: int | None = None,
+           num_buf: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """`sparse_attn_sm90` for a call already known to be taken (`takes`): the backend asks once per layer
+    call, not twice."""
     assert q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
     if _page_layout(sources[0][0]) is not None:
         return fp8_pages.sparse_attn_sm90_fp8(q, sources, sink, scale, num_splits=num_splits)

@@ -187,7 +187,7 @@ def layout_unsupported_reason(layout) -> str | None:
 def sparse_attn_sm90_fp8(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, num_raw: int | None = None,
                          num_splits: int | None = None) -> torch.Tensor:
     """sparse_attn_ref's contract for bf16 q over fp8_ds_mla pages of V4's layout, on Hopper (the caller,
-    `sparse_attn_sm90.sparse_attn_sm90`, has checked what it takes). Staging num_raw tiles deep (NUM_RAW)."""
+    `sparse_attn_sm90`, has checked what it takes). Staging num_raw tiles deep (NUM_RAW)."""
     num_raw = NUM_RAW if num_raw is None else num_raw
     assert num_raw >= 2, "the staging ring needs at least 2 tiles (copies run num_raw - 1 ahead)"
     if q.shape[0] == 0:

@@ -22,5 +22,5 @@ class TritonSm90AttentionBackend(TritonAttentionBackend):
 
     def sparse_attention(self, q, sources, sink, scale):
         if sparse_attn_sm90.takes(q, sources):
-            return sparse_attn_sm90.sparse_attn_sm90(q, sources, sink, scale)
+            return sparse_attn_sm90.launch(q, sources, sink, scale)
         return sparse_attn.sparse_attn(q, sources, sink, scale)
