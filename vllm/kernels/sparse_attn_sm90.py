@@ -145,8 +145,8 @@ def unsupported_reason(q: torch.Tensor, sources) -> str | None:
 
 def takes(q: torch.Tensor, sources) -> bool:
     """Whether a Hopper kernel should serve this call: one can, and the call is big enough."""
-    rows = sum(i.shape[1] for _, i in sources)
-    return unsupported_reason(q, sources) is None and big_enough(q.shape[0] * triton.cdiv(q.shape[1], BLOCK_H), rows)
+    rows = sum(i.shape[1] for _, i in sources)  # the arithmetic first: small calls skip the format checks
+    return big_enough(q.shape[0] * triton.cdiv(q.shape[1], BLOCK_H), rows) and unsupported_reason(q, sources) is None
 
 
 def big_enough(programs: int, rows: int) -> bool:

@@ -6,7 +6,8 @@ completing a tile's `full` mbarrier when it is ready for the tensor cores. What 
 
 - `_tile_slots`: the slots of a tile's list positions across the two sources (window rows, compressed
   entries) read as one list;
-- `_load_q`: the program's 64 heads of q into shared memory, before the partitions fork;
+- `_math_buffers`, `_program_list`, `_load_q`: the shared memory the math warpgroups read, the program's
+  part of its list, and its 64 heads of q in shared memory before the partitions fork;
 - `_attend`: two math warpgroups. QK on wgmma with the warpgroups on different rows of the tile
   (`[4, 2]` warps), online softmax in log2 units, P through shared memory, PV with each warpgroup on
   half the 512 channels (a [64, 512] fp32 accumulator is 128 registers a thread); it arrives on the
