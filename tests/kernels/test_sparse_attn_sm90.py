@@ -19,6 +19,7 @@ from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.core.kv_cache.paged_rows import PagedRows  # noqa: E402
 from vllm.core.kv_cache.specs import LayerTensorSpec  # noqa: E402
 from vllm.kernels import fp8_ds_mla, sparse_attn as sa, sparse_attn_sm90 as sm90, sparse_attn_sm90_fp8 as sm90_fp8  # noqa: E402
+from vllm.kernels import sparse_attn_sm90_attend as attend  # noqa: E402
 from vllm.kernels.testing import assert_close  # noqa: E402
 from vllm.model_executor.model_loader.tiny_checkpoint import TinyModelSpec  # noqa: E402
 
@@ -192,24 +193,26 @@ def test_what_the_hopper_kernels_take(monkeypatch, q_dtype, sources, says):
 _RESOURCES = """
 import json, sys
 from tools.cubin_resources import kernel_resources
-from vllm.kernels import sparse_attn_sm90 as sm90, sparse_attn_sm90_fp8 as fp8
+from vllm.kernels import sparse_attn_sm90 as sm90, sparse_attn_sm90_attend as attend, sparse_attn_sm90_fp8 as fp8
 kind, config, splits = sys.argv[1], sys.argv[2], int(sys.argv[3])
 sizes = ("k0_len", "idx0_stride", "k1_len", "idx1_stride", "H", "q_stride_t", "q_stride_h", "o_stride_t",
          "o_stride_h", "split_len")
 types = dict(q_ptr="*bf16", out_ptr="*bf16", sink_ptr="*fp32", part_o_ptr="*fp32", part_lse_ptr="*fp32",
              idx0_ptr="*i64", idx1_ptr="*i64", qk_scale="fp32", **{n: "i32" for n in sizes})
-cons = dict(NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS, num_warps=sm90.NUM_WARPS)
-if kind == "rows":  # config: "<block_k>x<num_buf>"
+cons = dict(NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS)
+if kind == "rows":  # config: "<block_k>x<num_buf>"; the scorer's warps (the helper's come on top)
+    cons.update(num_warps=attend.SCORER_WARPS)
     block_k, num_buf = (int(v) for v in config.split("x"))
     kernel = sm90._sparse_attn_sm90_kernel
     types.update(src0_ptr="*bf16", src1_ptr="*bf16", row0_stride="i32", row1_stride="i32")
     cons.update(D=512, BLOCK_K=block_k, NUM_BUF=num_buf, LOAD_REGS=sm90.LOAD_REGS[block_k])
-else:  # config: "default" (fp8.BLOCK_K, NUM_BUF, NUM_RAW)
+else:  # config: "default" (fp8.BLOCK_K, NUM_BUF, NUM_RAW); one partition of both math warpgroups
+    cons.update(num_warps=attend.NUM_WARPS)
     kernel = fp8._sparse_attn_sm90_fp8_kernel
     types.update(src0_ptr="*u8", src1_ptr="*u8", rope0_ptr="*bf16", rope1_ptr="*bf16",
                  **{n: "i32" for n in ("page0_rows", "page0_bytes", "page1_rows", "page1_bytes")})
     cons.update(BLOCK_K=fp8.BLOCK_K, NUM_BUF=fp8.NUM_BUF, NUM_RAW=fp8.NUM_RAW, LOAD_REGS=fp8.LOAD_REGS)
-print(json.dumps(kernel_resources(kernel, types, cons, arch=90, num_warps=sm90.NUM_WARPS, num_stages=1,
+print(json.dumps(kernel_resources(kernel, types, cons, arch=90, num_warps=cons["num_warps"], num_stages=1,
                                   not_divisible=("k0_len", "k1_len", "H", "page0_rows", "page1_rows"))))
 """
 
@@ -221,7 +224,8 @@ print(json.dumps(kernel_resources(kernel, types, cons, arch=90, num_warps=sm90.N
 def test_sm90_compiles_without_spills(kind, config, splits):
     """The kernels compiled for sm_90 on any machine (the Triton wheel ships ptxas; in a fresh process, as
     the interpreter wraps kernels at import): math and load warps within their register budgets (no
-    spilled bytes), rings and staging within Hopper's 227 KB of shared memory, load warps on top of the math."""
+    spilled bytes), rings, P slots and staging within Hopper's 227 KB of shared memory, the load warps (and
+    the plain-row kernel's helper) on top of the launch's."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", _RESOURCES, kind, config, str(splits)],
                           env=env, cwd=ROOT, capture_output=True, text=True)
@@ -229,7 +233,8 @@ def test_sm90_compiles_without_spills(kind, config, splits):
     res = json.loads(done.stdout.splitlines()[-1])
     assert res["stack_bytes"] == 0, res
     assert res["shared_bytes"] <= 227 * 1024, res
-    assert res["num_warps"] == sm90.NUM_WARPS + sm90.LOAD_WARPS, res
+    math_warps = attend.SCORER_WARPS + attend.HELPER_WARPS if kind == "rows" else attend.NUM_WARPS
+    assert res["num_warps"] == math_warps + sm90.LOAD_WARPS, res
 
 
 @needs_hopper

@@ -7,7 +7,8 @@ warps along the 64 heads, so both warpgroups compute the same scores. Gluon stat
 
 - load warps (a warp-specialized partition with few registers) read each tile's slots and fill a
   ring of NUM_BUF shared-memory tiles; an mbarrier per tile says "ready" and one says "consumed";
-- two math warpgroups run QK and PV on wgmma (`sparse_attn_sm90_attend.py`, shared by both formats).
+- two math warpgroups (a scorer and a helper, partitions of their own) run QK and PV on wgmma
+  (`sparse_attn_sm90_attend.py`, shared by both formats).
 
 This module is the entry point: what the kernels take (`unsupported_reason`, `takes`), and the
 plain-row kernel, whose load warps cp.async bf16/fp16 rows straight into the ring (the copies' own
@@ -25,12 +26,12 @@ import torch
 
 from vllm.kernels import sparse_attn_sm90_fp8 as fp8_pages
 from vllm.kernels._triton import triton
-from vllm.kernels.sparse_attn_sm90_attend import (BLOCK_H, HAS_GLUON, LOAD_WARPS, LOG2E, NUM_WARPS, finish_launch,
+from vllm.kernels.sparse_attn_sm90_attend import (BLOCK_H, HAS_GLUON, LOAD_WARPS, LOG2E, SCORER_WARPS, finish_launch,
                                                   plan_launch)
 
 MIN_WORK = 8 * 640  # (query, head block) programs x rows a query: see big_enough
 # 64-row tiles in two buffers at every batch: against 32-row tiles four deep, H200, V4-Flash CSA 32K,
-# 32 / 64 / 128 requests: 21.8 / 29.8 / 41.3 us vs 23.6 / 34.0 / 50.8 (h200_sparse_attn_sm90_sweep.json)
+# 32 / 64 / 128 requests: 20.3 / 29.1 / 37.9 us vs 21.4 / 30.6 / 42.2 (h200_sparse_attn_sm90_split_trials.json)
 BLOCK_K, NUM_BUF = 64, 2
 # registers a load thread per tile height: the most that leave the math warpgroups unspilled
 # (compile-only check: tests/kernels/test_sparse_attn_sm90.py)
@@ -42,7 +43,8 @@ if HAS_GLUON:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-    from vllm.kernels.sparse_attn_sm90_attend import _attend, _load_q, _math_buffers, _program_list, _tile_slots
+    from vllm.kernels.sparse_attn_sm90_attend import (_HELPER_REGS, _HELPER_WARPS, _help, _load_q, _program_list,
+                                                      _score, _scorer_buffers, _tile_slots)
 
     @gluon.jit
     def _issue_rows(dst, src0_ptr, src1_ptr, row0_stride, row1_stride, slots, in0, cols):
@@ -84,22 +86,25 @@ if HAS_GLUON:
         t = gl.program_id(0).to(gl.int64)
         hb = gl.program_id(1)
         split = gl.program_id(2)
-        q_smem, kv_smem, p_smem, full, empty = _math_buffers(dt, BH, D, BLOCK_K, NUM_BUF)
+        q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done = _scorer_buffers(
+            dt, BH, D, BLOCK_K, NUM_BUF)
         for i in gl.static_range(NUM_BUF):
             mbarrier.init(full.index(i), count=LOAD_WARPS * 32)  # one no-increment arrival per loading thread
-            mbarrier.init(empty.index(i), count=1)  # the consumer partition arrives once
 
         _load_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH, D)
 
         idx0, idx1, lo, hi, n_tiles = _program_list(idx0_ptr, idx1_ptr, t, idx0_stride, idx1_stride, k0_len, k1_len,
                                                     split, split_len, BLOCK_K)
         gl.warp_specialize([
-            (_attend, (q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
-                       out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
-                       BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
+            (_score, (q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, idx0, idx1,
+                      k0_len, lo, hi, n_tiles, qk_scale, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H,
+                      o_stride_t, o_stride_h, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
+            (_help, (kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, n_tiles, out_ptr,
+                     sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h, BH, D, BLOCK_K,
+                     NUM_BUF, NUM_SPLITS)),
             (_load_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, row0_stride, row1_stride, lo, hi, n_tiles,
                           kv_smem, full, empty, BLOCK_K, D, NUM_BUF)),
-        ], [LOAD_WARPS], [LOAD_REGS])
+        ], [_HELPER_WARPS, LOAD_WARPS], [_HELPER_REGS, LOAD_REGS])
 
 
 @functools.lru_cache(maxsize=None)
@@ -191,5 +196,5 @@ def launch(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_
         a1.storage, a1.indices, a1.num_indices, a1.index_stride, a1.row_stride,
         h, q.stride(0), q.stride(1), plan.out.stride(0), plan.out.stride(1), plan.split_len, scale * LOG2E,
         D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=plan.num_splits, LOAD_WARPS=LOAD_WARPS,
-        LOAD_REGS=LOAD_REGS[block_k], num_warps=NUM_WARPS)
+        LOAD_REGS=LOAD_REGS[block_k], num_warps=SCORER_WARPS)
     return finish_launch(plan, sink)

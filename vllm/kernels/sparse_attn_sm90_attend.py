@@ -6,14 +6,23 @@ completing a tile's `full` mbarrier when it is ready for the tensor cores. What 
 
 - `_tile_slots`: the slots of a tile's list positions across the two sources (window rows, compressed
   entries) read as one list;
-- `_math_buffers`, `_program_list`, `_load_q`: the shared memory the math warpgroups read, the program's
-  part of its list, and its 64 heads of q in shared memory before the partitions fork;
-- `_attend`: two math warpgroups. QK on wgmma with the warpgroups on different rows of the tile
-  (`[4, 2]` warps), online softmax in log2 units, P through shared memory, PV with each warpgroup on
-  half the 512 channels (a [64, 512] fp32 accumulator is 128 registers a thread); it arrives on the
-  tile's `empty` mbarrier when both warpgroups are done with it;
-- `_store_output`: the output with the sink in the denominator (one split), or the split's output and
-  LSE for `attn_splits.merge_splits`;
+- `_program_list`, `_load_q`: the program's part of its list, and its 64 heads of q in shared memory
+  before the partitions fork;
+- the math warpgroups, each on half the 512 channels of the output (a [64, 256] fp32 accumulator is 128
+  registers a thread), in one of two arrangements:
+  - `_score` + `_help` (plain rows; buffers from `_scorer_buffers`), partitions of their own. The scorer
+    (the default partition) computes a tile's whole S = q K^T (q read from shared memory once a tile, not
+    once per warpgroup), the online softmax, hands P and the row rescale to the helper through one of two
+    P slots, and runs its PV with P from registers; the helper runs the other PV while the scorer's next
+    QK starts. Each arrives on the tile's `empty` mbarrier when done with it;
+  - `_attend` (fp8_ds_mla pages; buffers from `_math_buffers`): one partition of both warpgroups, QK with
+    the warpgroups on different rows of the tile (`[4, 2]` warps), P through shared memory. The fp8
+    kernel's dequantizing load warps set its pace, and with the helper's PV after the hand-off a ring
+    tile likely stays taken longer;
+  H200, V4-Flash CSA 32K, 128 requests (`h200_sparse_attn_sm90_split.json`): plain rows 41.3 -> 37.8 us
+  with the scorer and helper; fp8 pages 76.1 -> 82.2 us, so they keep `_attend`;
+- `_store_half`: channels of the output with the sink in the denominator (one split), or of the
+  split's output, and its LSE, for `attn_splits.merge_splits`;
 - on the host, `plan_launch` / `finish_launch`: the output, the sources as the kernels take them, the
   grid and the splits of the lists, and their merge.
 """
@@ -40,7 +49,9 @@ except ImportError:  # pragma: no cover - depends on the Triton version
     HAS_GLUON = False
 
 BLOCK_H = 64  # heads a program: one wgmma M
-NUM_WARPS = 8  # two math warpgroups (the load warps come on top)
+NUM_WARPS = 8  # `_attend`'s partition: two math warpgroups (the load warps come on top)
+SCORER_WARPS = 4  # `_score`: the launch's warps when the helper and the load warps come on top
+HELPER_WARPS, HELPER_REGS = 4, 160  # `_help`: a [64, 256] fp32 accumulator and little else
 LOAD_WARPS = 4  # fewer spill their row addresses
 LOG2E = 1.4426950408889634
 
@@ -75,6 +86,7 @@ def finish_launch(plan: LaunchPlan, sink: torch.Tensor) -> torch.Tensor:
     return plan.out
 
 if HAS_GLUON:
+    _HELPER_WARPS, _HELPER_REGS = gl.constexpr(HELPER_WARPS), gl.constexpr(HELPER_REGS)  # as the kernels see them
 
     @gluon.jit
     def _tile_slots(idx0_ptr, idx1_ptr, k0_len, pos, hi):
@@ -100,6 +112,34 @@ if HAS_GLUON:
         return q_smem, kv_smem, p_smem, full, empty
 
     @gluon.jit
+    def _scorer_buffers(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
+                        NUM_BUF: gl.constexpr):
+        """Shared memory `_score` and `_help` read: q `[BH, D]`, the ring of NUM_BUF row tiles `[BLOCK_K, D]`,
+        two P slots `[BH, BLOCK_K]` (wgmma's swizzled layouts) with their row rescales, the final (max, sum)
+        rows; `full` and `empty` barriers per ring tile, `ready` and `free` per P slot, `done` for the final
+        rows. All initialized here but `full` (who arrives on it depends on the kernel's load warps)."""
+        q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
+        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
+        p_smem = gl.allocate_shared_memory(dt, [2, BH, BLOCK_K],
+                                           gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
+        rows_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
+        alpha_smem = gl.allocate_shared_memory(gl.float32, [2, BH], rows_layout)
+        final_smem = gl.allocate_shared_memory(gl.float32, [2, BH], rows_layout)
+        full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+        done = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(NUM_BUF):
+            mbarrier.init(empty.index(i), count=2)  # the scorer and the helper each arrive once
+        for i in gl.static_range(2):
+            mbarrier.init(ready.index(i), count=1)
+            mbarrier.init(free.index(i), count=1)
+        mbarrier.init(done.index(0), count=1)
+        return q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done
+
+    @gluon.jit
     def _program_list(idx0_ptr, idx1_ptr, t, idx0_stride, idx1_stride, k0_len, k1_len, split, split_len,
                       BLOCK_K: gl.constexpr):
         """Token t's index rows, and this split's part [lo, hi) of its list in tiles of BLOCK_K."""
@@ -121,14 +161,17 @@ if HAS_GLUON:
         gl.thread_barrier()
 
     @gluon.jit
-    def _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                      o_stride_h, BH: gl.constexpr, D: gl.constexpr, NUM_SPLITS: gl.constexpr):
-        """The normalized output with the sink (one split), or this split's output and natural-log LSE."""
+    def _store_half(m, l_sum, acc, col0, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
+                    o_stride_h, BH: gl.constexpr, D: gl.constexpr, NUM_SPLITS: gl.constexpr, STORE_LSE: gl.constexpr):
+        """Channels [col0, col0 + W) of the output (acc `[BH, W]`): normalized with the sink in the denominator
+        (one split), or this split's normalized output, and (STORE_LSE) its natural-log LSE, -inf when it saw
+        no valid row."""
         o_layout: gl.constexpr = acc.type.layout
+        W: gl.constexpr = acc.type.shape[1]
         dt: gl.constexpr = out_ptr.dtype.element_ty
         heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, o_layout))
         hmask = heads < H
-        ocols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+        ocols = col0 + gl.arange(0, W, layout=gl.SliceLayout(0, o_layout))
         m_o = gl.convert_layout(m, gl.SliceLayout(1, o_layout))
         l_o = gl.convert_layout(l_sum, gl.SliceLayout(1, o_layout))
         if NUM_SPLITS == 1:
@@ -138,13 +181,95 @@ if HAS_GLUON:
             norm = w / (l_o * w + gl.exp2(sink - mf))
             o_rows = out_ptr + t * o_stride_t + heads.to(gl.int64)[:, None] * o_stride_h
             gl.store(o_rows + ocols[None, :], (acc * norm[:, None]).to(dt), mask=hmask[:, None])
-        else:  # this split's normalized output and natural-log LSE (-inf when it saw no valid row)
+        else:
             row = (t * NUM_SPLITS + split) * H + heads
-            lse = gl.where(l_o > 0, (m_o + gl.log2(gl.maximum(l_o, 1e-30))) * 0.6931471805599453, float("-inf"))
             den = gl.maximum(l_o, 1e-30)
             gl.store(part_o_ptr + row.to(gl.int64)[:, None] * D + ocols[None, :], acc / den[:, None],
                      mask=hmask[:, None])
-            gl.store(part_lse_ptr + row, lse, mask=hmask)
+            if STORE_LSE:
+                lse = gl.where(l_o > 0, (m_o + gl.log2(gl.maximum(l_o, 1e-30))) * 0.6931471805599453,
+                               float("-inf"))
+                gl.store(part_lse_ptr + row, lse, mask=hmask)
+
+    @gluon.jit
+    def _score(q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, idx0, idx1, k0_len,
+               lo, hi, n_tiles, qk_scale, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
+               o_stride_h, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
+               NUM_SPLITS: gl.constexpr):
+        """The scoring warpgroup (the default partition): per tile S = q K^T over the whole tile (q read once a
+        tile), online softmax in log2 units, P and the row rescale handed to the helper through a P slot, and
+        acc += P V over the left half of the channels with P from registers; then the final (max, sum) rows for
+        the helper, and its half of the output."""
+        dt: gl.constexpr = q_smem.dtype
+        W: gl.constexpr = D // 2
+        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, BLOCK_K, 16])
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, W, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+        kcol = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, s_layout))
+        m = gl.full([BH], -1e30, gl.float32, layout=gl.SliceLayout(1, s_layout))  # finite: alpha stays 0/1
+        l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
+        acc = gl.zeros([BH, W], gl.float32, layout=o_layout)
+        nxt, _ = _tile_slots(idx0, idx1, k0_len, lo + kcol, hi)
+        for j in range(n_tiles):
+            b = j % NUM_BUF
+            ps = j % 2
+            cur = nxt
+            nxt, _ = _tile_slots(idx0, idx1, k0_len, lo + (j + 1) * BLOCK_K + kcol, hi)  # a tile ahead
+            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
+            fence_async_shared()  # the copies, visible to the tensor cores' proxy
+            kv = kv_smem.index(b)
+            s = warpgroup_mma(q_smem, kv.permute((1, 0)), gl.zeros([BH, BLOCK_K], gl.float32, s_layout),
+                              use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(0, deps=[s])
+            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
+            m_new = gl.maximum(m, gl.max(s, axis=1))
+            alpha = gl.exp2(m - m_new)
+            p32 = gl.exp2(s - m_new[:, None])
+            l_sum = l_sum * alpha + gl.sum(p32, axis=1)
+            p = p32.to(dt)
+            m = m_new
+            mbarrier.wait(free.index(ps), ((j // 2) & 1) ^ 1)  # the helper is done with tile j - 2's P
+            p_smem.index(ps).store(p)
+            alpha_smem.index(ps).store(alpha)
+            fence_async_shared()
+            mbarrier.arrive(ready.index(ps))
+            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+            acc = warpgroup_mma(gl.convert_layout(p, p_layout), kv.slice(0, W, dim=1), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=[acc])
+            mbarrier.arrive(empty.index(b))
+        final_smem.index(0).store(m)
+        final_smem.index(1).store(l_sum)
+        mbarrier.arrive(done.index(0))
+        _store_half(m, l_sum, acc, 0, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
+                    o_stride_h, BH, D, NUM_SPLITS, True)
+
+    @gluon.jit
+    def _help(kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, n_tiles, out_ptr, sink_ptr,
+              part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h, BH: gl.constexpr, D: gl.constexpr,
+              BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr, NUM_SPLITS: gl.constexpr):
+        """The helper warpgroup: per tile, the scorer's rescale and acc += P V over the right half of the
+        channels with P from its slot; then its half of the output with the scorer's final rows."""
+        W: gl.constexpr = D // 2
+        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, W, 16])
+        rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+        acc = gl.zeros([BH, W], gl.float32, layout=o_layout)
+        for j in range(n_tiles):
+            b = j % NUM_BUF
+            ps = j % 2
+            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
+            mbarrier.wait(ready.index(ps), (j // 2) & 1)
+            fence_async_shared()
+            acc = acc * alpha_smem.index(ps).load(rows)[:, None]
+            acc = warpgroup_mma(p_smem.index(ps), kv_smem.index(b).slice(W, W, dim=1), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=[acc])
+            mbarrier.arrive(free.index(ps))
+            mbarrier.arrive(empty.index(b))
+        mbarrier.wait(done.index(0), 0)
+        _store_half(final_smem.index(0).load(rows), final_smem.index(1).load(rows), acc, W, out_ptr, sink_ptr,
+                    part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h, BH, D, NUM_SPLITS, False)
 
     @gluon.jit
     def _attend(q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
@@ -185,5 +310,5 @@ if HAS_GLUON:
             acc = warpgroup_mma_wait(0, deps=[acc])
             mbarrier.arrive(empty.index(b))  # after both warpgroups: the buffer and P are free again
 
-        _store_output(m, l_sum, acc, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                      o_stride_h, BH, D, NUM_SPLITS)
+        _store_half(m, l_sum, acc, 0, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
+                    o_stride_h, BH, D, NUM_SPLITS, True)
