@@ -43,7 +43,7 @@ if HAS_GLUON:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 
-    from vllm.kernels.sparse_attn_sm90_attend import (_HELPER_REGS, _HELPER_WARPS, _help, _load_q, _program_list,
+    from vllm.kernels.sparse_attn_sm90_attend import (_HELPER_REGS, _HELPER_WARPS, _help, _issue_q, _program_list,
                                                       _score, _scorer_buffers, _tile_slots)
 
     @gluon.jit
@@ -91,7 +91,7 @@ if HAS_GLUON:
         for i in gl.static_range(NUM_BUF):
             mbarrier.init(full.index(i), count=LOAD_WARPS * 32)  # one no-increment arrival per loading thread
 
-        _load_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH, D)
+        _issue_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH, D)
 
         idx0, idx1, lo, hi, n_tiles = _program_list(idx0_ptr, idx1_ptr, t, idx0_stride, idx1_stride, k0_len, k1_len,
                                                     split, split_len, BLOCK_K)

@@ -6,8 +6,8 @@ completing a tile's `full` mbarrier when it is ready for the tensor cores. What 
 
 - `_tile_slots`: the slots of a tile's list positions across the two sources (window rows, compressed
   entries) read as one list;
-- `_program_list`, `_load_q`: the program's part of its list, and its 64 heads of q in shared memory
-  before the partitions fork;
+- `_program_list`, `_issue_q` / `_wait_q`: the program's part of its list, and its 64 heads of q in
+  shared memory (copies issued before the partitions fork, awaited by the math partition);
 - the math warpgroups, each on half the 512 channels of the output (a [64, 256] fp32 accumulator is 128
   registers a thread), in one of two arrangements:
   - `_score` + `_help` (plain rows; buffers from `_scorer_buffers`), partitions of their own. The scorer
@@ -148,14 +148,20 @@ if HAS_GLUON:
         return idx0_ptr + t * idx0_stride, idx1_ptr + t * idx1_stride, lo, hi, gl.cdiv(hi - lo, BLOCK_K)
 
     @gluon.jit
-    def _load_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH: gl.constexpr, D: gl.constexpr):
-        """q's heads [hb * BH, hb * BH + BH) of token t into shared memory (zeros past H), visible to wgmma."""
+    def _issue_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH: gl.constexpr, D: gl.constexpr):
+        """Start copying q's heads [hb * BH, hb * BH + BH) of token t into shared memory (zeros past H). Issued
+        before the partitions fork, so the load warps' first tiles are in flight while q lands; the math
+        partition (the same warps) waits for it with `_wait_q`."""
         ld: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [gl.num_warps(), 1], [1, 0])
         cols = gl.arange(0, D, layout=gl.SliceLayout(0, ld))
         heads = hb * BH + gl.arange(0, BH, layout=gl.SliceLayout(1, ld))
         q_rows = q_ptr + t * q_stride_t + heads.to(gl.int64)[:, None] * q_stride_h
         cp.async_copy_global_to_shared(q_smem, q_rows + cols[None, :], mask=(heads < H)[:, None])
         cp.commit_group()
+
+    @gluon.jit
+    def _wait_q():
+        """q (`_issue_q`, by these warps) landed, visible to wgmma."""
         cp.wait_group(0)
         fence_async_shared()
         gl.thread_barrier()
@@ -212,6 +218,7 @@ if HAS_GLUON:
         l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
         acc = gl.zeros([BH, W], gl.float32, layout=o_layout)
         nxt, _ = _tile_slots(idx0, idx1, k0_len, lo + kcol, hi)
+        _wait_q()
         for j in range(n_tiles):
             b = j % NUM_BUF
             ps = j % 2
@@ -287,6 +294,7 @@ if HAS_GLUON:
         m = gl.full([BH], -1e30, gl.float32, layout=gl.SliceLayout(1, s_layout))  # finite: alpha stays 0/1
         l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
         acc = gl.zeros([BH, D], gl.float32, layout=o_layout)
+        _wait_q()
         for j in range(n_tiles):
             b = j % NUM_BUF
             cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol, hi)  # the producer read it: cached

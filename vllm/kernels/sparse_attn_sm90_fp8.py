@@ -33,7 +33,7 @@ if HAS_GLUON:
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
     from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier
 
-    from vllm.kernels.sparse_attn_sm90_attend import _attend, _load_q, _math_buffers, _program_list, _tile_slots
+    from vllm.kernels.sparse_attn_sm90_attend import _attend, _issue_q, _math_buffers, _program_list, _tile_slots
 
     # the layout, as the kernels see it
     _NOPE, _ROPE, _DATA_BYTES, _SCALE_BYTES = (gl.constexpr(v) for v in (NOPE, ROPE, DATA_BYTES, SCALE_BYTES))
@@ -161,7 +161,7 @@ if HAS_GLUON:
             mbarrier.init(full.index(i), count=1)  # the load partition arrives once, after its barrier
             mbarrier.init(empty.index(i), count=1)
 
-        _load_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH, D)
+        _issue_q(q_ptr, q_smem, t, hb, H, q_stride_t, q_stride_h, BH, D)
 
         idx0, idx1, lo, hi, n_tiles = _program_list(idx0_ptr, idx1_ptr, t, idx0_stride, idx1_stride, k0_len, k1_len,
                                                     split, split_len, BLOCK_K)
