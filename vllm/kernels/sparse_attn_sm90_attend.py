@@ -198,6 +198,24 @@ if HAS_GLUON:
                 gl.store(part_lse_ptr + row, lse, mask=hmask)
 
     @gluon.jit
+    def _tile_scores(q_smem, kv_smem, full, j, cur, m, l_sum, qk_scale, s_layout: gl.constexpr, BH: gl.constexpr,
+                     BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr):
+        """Tile j of the ring once it is full: S = q K^T (`s_layout`'s warps), -inf where the slot is -1, and
+        the online softmax step in log2 units: (the tile, P in fp32, the rows' rescale, new max, new sum)."""
+        b = j % NUM_BUF
+        mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
+        fence_async_shared()  # the copies, visible to the tensor cores' proxy
+        kv = kv_smem.index(b)
+        s = warpgroup_mma(q_smem, kv.permute((1, 0)), gl.zeros([BH, BLOCK_K], gl.float32, s_layout),
+                          use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=[s])
+        s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
+        m_new = gl.maximum(m, gl.max(s, axis=1))
+        alpha = gl.exp2(m - m_new)
+        p = gl.exp2(s - m_new[:, None])
+        return kv, p, alpha, m_new, l_sum * alpha + gl.sum(p, axis=1)
+
+    @gluon.jit
     def _score(q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, idx0, idx1, k0_len,
                lo, hi, n_tiles, qk_scale, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
                o_stride_h, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
@@ -224,19 +242,9 @@ if HAS_GLUON:
             ps = j % 2
             cur = nxt
             nxt, _ = _tile_slots(idx0, idx1, k0_len, lo + (j + 1) * BLOCK_K + kcol, hi)  # a tile ahead
-            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
-            fence_async_shared()  # the copies, visible to the tensor cores' proxy
-            kv = kv_smem.index(b)
-            s = warpgroup_mma(q_smem, kv.permute((1, 0)), gl.zeros([BH, BLOCK_K], gl.float32, s_layout),
-                              use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(0, deps=[s])
-            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
-            m_new = gl.maximum(m, gl.max(s, axis=1))
-            alpha = gl.exp2(m - m_new)
-            p32 = gl.exp2(s - m_new[:, None])
-            l_sum = l_sum * alpha + gl.sum(p32, axis=1)
-            p = p32.to(dt)
-            m = m_new
+            kv, p, alpha, m, l_sum = _tile_scores(q_smem, kv_smem, full, j, cur, m, l_sum, qk_scale, s_layout, BH,
+                                                  BLOCK_K, NUM_BUF)
+            p = p.to(dt)
             mbarrier.wait(free.index(ps), ((j // 2) & 1) ^ 1)  # the helper is done with tile j - 2's P
             p_smem.index(ps).store(p)
             alpha_smem.index(ps).store(alpha)
@@ -298,18 +306,8 @@ if HAS_GLUON:
         for j in range(n_tiles):
             b = j % NUM_BUF
             cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol, hi)  # the producer read it: cached
-            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
-            fence_async_shared()  # the copies, visible to the tensor cores' proxy
-            kv = kv_smem.index(b)
-            s = warpgroup_mma(q_smem, kv.permute((1, 0)), gl.zeros([BH, BLOCK_K], gl.float32, s_layout),
-                              use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(0, deps=[s])
-            s = gl.where((cur >= 0)[None, :], s * qk_scale, float("-inf"))
-            m_new = gl.maximum(m, gl.max(s, axis=1))
-            alpha = gl.exp2(m - m_new)
-            p = gl.exp2(s - m_new[:, None])
-            l_sum = l_sum * alpha + gl.sum(p, axis=1)
-            m = m_new
+            kv, p, alpha, m, l_sum = _tile_scores(q_smem, kv_smem, full, j, cur, m, l_sum, qk_scale, s_layout, BH,
+                                                  BLOCK_K, NUM_BUF)
             p_smem.store(p.to(dt))
             fence_async_shared()
             gl.thread_barrier()  # both warpgroups' P
