@@ -33,8 +33,8 @@ MIN_WORK = 8 * 640  # (query, head block) programs x rows a query: see big_enoug
 # 64-row tiles in two buffers at every batch: against 32-row tiles four deep, H200, V4-Flash CSA 32K,
 # 32 / 64 / 128 requests: 20.3 / 29.1 / 37.9 us vs 21.4 / 30.6 / 42.2 (h200_sparse_attn_sm90_split_trials.json)
 BLOCK_K, NUM_BUF = 64, 2
-# registers a load thread per tile height: the most that leave the math warpgroups unspilled
-# (compile-only check: tests/kernels/test_sparse_attn_sm90.py)
+# registers a load thread per tile height: none spilled, and with the scorer's 256 and the helper's HELPER_REGS
+# within the SM's 64K (compile-only check: tests/kernels/test_sparse_attn_sm90.py)
 LOAD_REGS = {64: 56, 32: 64}
 
 if HAS_GLUON:
