@@ -98,36 +98,45 @@ if HAS_GLUON:
         return gl.where(in0, s0, s1).to(gl.int32), in0
 
     @gluon.jit
-    def _math_buffers(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
-                      NUM_BUF: gl.constexpr):
-        """Shared memory the math warpgroups read: q `[BH, D]`, the ring of NUM_BUF row tiles `[BLOCK_K, D]`
-        and P `[BH, BLOCK_K]` (wgmma's swizzled layouts); `full` and `empty` barriers, one per ring tile
-        (the kernel initializes them: who arrives on `full` depends on its load warps)."""
+    def _q_and_ring(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
+                    NUM_BUF: gl.constexpr):
+        """q `[BH, D]` and the ring of NUM_BUF row tiles `[BLOCK_K, D]` in shared memory (wgmma's swizzled
+        layouts): what both consumer arrangements read."""
         q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
         kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
                                             gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
-        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
+        return q_smem, kv_smem
+
+    @gluon.jit
+    def _ring_barriers(NUM_BUF: gl.constexpr):
+        """`full` and `empty` mbarriers, one each per ring tile."""
         full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
         empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        return full, empty
+
+    @gluon.jit
+    def _math_buffers(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
+                      NUM_BUF: gl.constexpr):
+        """Shared memory `_attend` reads: q, the ring, P `[BH, BLOCK_K]`; the ring's barriers (the kernel
+        initializes them: who arrives on `full` depends on its load warps)."""
+        q_smem, kv_smem = _q_and_ring(dt, BH, D, BLOCK_K, NUM_BUF)
+        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
+        full, empty = _ring_barriers(NUM_BUF)
         return q_smem, kv_smem, p_smem, full, empty
 
     @gluon.jit
     def _scorer_buffers(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
                         NUM_BUF: gl.constexpr):
-        """Shared memory `_score` and `_help` read: q `[BH, D]`, the ring of NUM_BUF row tiles `[BLOCK_K, D]`,
-        two P slots `[BH, BLOCK_K]` (wgmma's swizzled layouts) with their row rescales, the final (max, sum)
-        rows; `full` and `empty` barriers per ring tile, `ready` and `free` per P slot, `done` for the final
-        rows. All initialized here but `full` (who arrives on it depends on the kernel's load warps)."""
-        q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
-        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
-                                            gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
+        """Shared memory `_score` and `_help` read: q, the ring, two P slots `[BH, BLOCK_K]` with their row
+        rescales, the final (max, sum) rows; the ring's barriers, `ready` and `free` per P slot, `done` for the
+        final rows. All initialized here but `full` (who arrives on it depends on the kernel's load warps)."""
+        q_smem, kv_smem = _q_and_ring(dt, BH, D, BLOCK_K, NUM_BUF)
         p_smem = gl.allocate_shared_memory(dt, [2, BH, BLOCK_K],
                                            gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
         rows_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
         alpha_smem = gl.allocate_shared_memory(gl.float32, [2, BH], rows_layout)
         final_smem = gl.allocate_shared_memory(gl.float32, [2, BH], rows_layout)
-        full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        full, empty = _ring_barriers(NUM_BUF)
         ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         done = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
@@ -274,7 +283,7 @@ if HAS_GLUON:
         for j in range(n_tiles):
             b = j % NUM_BUF
             ps = j % 2
-            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)
+            mbarrier.wait(full.index(b), (j // NUM_BUF) & 1)  # done by the time P is ready; orders the copies here
             mbarrier.wait(ready.index(ps), (j // 2) & 1)
             fence_async_shared()
             acc = acc * alpha_smem.index(ps).load(rows)[:, None]
