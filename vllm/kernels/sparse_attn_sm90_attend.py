@@ -4,23 +4,19 @@ Each kernel (`sparse_attn_sm90` for plain rows, `sparse_attn_sm90_fp8` for fp8_d
 warps of its own that fill a ring of NUM_BUF shared-memory tiles of bf16/fp16 rows `[BLOCK_K, 512]`,
 completing a tile's `full` mbarrier when it is ready for the tensor cores. What they share lives here:
 
-- `_tile_slots`: the slots of a tile's list positions across the two sources (window rows, compressed
-  entries) read as one list;
+- `_slot_loads` / `_tile_slots`: the slots of a tile's list positions across the two sources (window
+  rows, compressed entries) read as one list;
 - `_program_list`, `_issue_q` / `_wait_q`: the program's part of its list, and its 64 heads of q in
   shared memory (copies issued before the partitions fork, awaited by the math partition);
 - the math warpgroups, each on half the 512 channels of the output (a [64, 256] fp32 accumulator is 128
-  registers a thread), in one of two arrangements:
-  - `_score` + `_help` (plain rows; buffers from `_scorer_buffers`), partitions of their own. The scorer
-    (the default partition) computes a tile's whole S = q K^T (q read from shared memory once a tile, not
-    once per warpgroup), the online softmax, hands P and the row rescale to the helper through one of two
-    P slots, and runs its PV with P from registers; the helper runs the other PV while the scorer's next
-    QK starts. Each arrives on the tile's `empty` mbarrier when done with it;
-  - `_attend` (fp8_ds_mla pages; buffers from `_math_buffers`): one partition of both warpgroups, QK with
-    the warpgroups on different rows of the tile (`[4, 2]` warps), P through shared memory. The fp8
-    kernel's dequantizing load warps set its pace, and with the helper's PV after the hand-off a ring
-    tile likely stays taken longer;
-  H200, V4-Flash CSA 32K, 128 requests (`h200_sparse_attn_sm90_split.json`): plain rows 41.3 -> 37.8 us
-  with the scorer and helper; fp8 pages 76.1 -> 82.2 us, so they keep `_attend`;
+  registers a thread), in partitions of their own (buffers from `_scorer_buffers`). The scorer (the
+  default partition) computes a tile's whole S = q K^T (q read from shared memory once a tile), the
+  online softmax, hands P and the row rescale to the helper through one of two P slots, and runs its PV
+  with P from registers; the helper runs the other PV while the scorer's next QK starts. Each arrives on
+  the tile's `empty` mbarrier when done with it. H200, V4-Flash CSA 32K, 128 requests
+  (`h200_sparse_attn_sm90_split.json`): plain rows 41.3 -> 37.8 us against one partition of both
+  warpgroups with QK split by rows (`[4, 2]` warps, q read twice a tile, P through shared memory); fp8
+  pages 75.3 -> 56.0 us with their load warps' per-tile instructions cut (`h200_sparse_attn_sm90_fp8_v2.json`);
 - `_store_half`: channels of the output with the sink in the denominator (one split), or of the
   split's output, and its LSE, for `attn_splits.merge_splits`;
 - on the host, `plan_launch` / `finish_launch`: the output, the sources as the kernels take them, the
@@ -49,7 +45,6 @@ except ImportError:  # pragma: no cover - depends on the Triton version
     HAS_GLUON = False
 
 BLOCK_H = 64  # heads a program: one wgmma M
-NUM_WARPS = 8  # `_attend`'s partition: two math warpgroups (the load warps come on top)
 SCORER_WARPS = 4  # `_score`: the launch's warps when the helper and the load warps come on top
 HELPER_WARPS, HELPER_REGS = 4, 160  # `_help`: a [64, 256] fp32 accumulator and little else
 LOAD_WARPS = 4  # fewer spill their row addresses
@@ -89,54 +84,38 @@ if HAS_GLUON:
     _HELPER_WARPS, _HELPER_REGS = gl.constexpr(HELPER_WARPS), gl.constexpr(HELPER_REGS)  # as the kernels see them
 
     @gluon.jit
-    def _tile_slots(idx0_ptr, idx1_ptr, k0_len, pos, hi):
-        """Slots of list positions `pos` of [src0 indices | src1 indices] (-1 past hi); the source of each."""
+    def _slot_loads(idx0_ptr, idx1_ptr, k0_len, pos, hi):
+        """The loads of list positions `pos` of [src0 indices | src1 indices] (-1 past hi and in the other
+        source's), and which source each is in: `_tile_slots` without waiting for the loads."""
         in0 = pos < k0_len
         live = pos < hi
-        s0 = gl.load(idx0_ptr + pos, mask=live & in0, other=-1)
-        s1 = gl.load(idx1_ptr + (pos - k0_len), mask=live & (pos >= k0_len), other=-1)
-        return gl.where(in0, s0, s1).to(gl.int32), in0
+        s0 = gl.load(idx0_ptr + pos, mask=live & in0, other=-1).to(gl.int32)
+        s1 = gl.load(idx1_ptr + (pos - k0_len), mask=live & (pos >= k0_len), other=-1).to(gl.int32)
+        return s0, s1, in0
 
     @gluon.jit
-    def _q_and_ring(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
-                    NUM_BUF: gl.constexpr):
-        """q `[BH, D]` and the ring of NUM_BUF row tiles `[BLOCK_K, D]` in shared memory (wgmma's swizzled
-        layouts): what both consumer arrangements read."""
-        q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
-        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
-                                            gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
-        return q_smem, kv_smem
-
-    @gluon.jit
-    def _ring_barriers(NUM_BUF: gl.constexpr):
-        """`full` and `empty` mbarriers, one each per ring tile."""
-        full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-        return full, empty
-
-    @gluon.jit
-    def _math_buffers(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
-                      NUM_BUF: gl.constexpr):
-        """Shared memory `_attend` reads: q, the ring, P `[BH, BLOCK_K]`; the ring's barriers (the kernel
-        initializes them: who arrives on `full` depends on its load warps)."""
-        q_smem, kv_smem = _q_and_ring(dt, BH, D, BLOCK_K, NUM_BUF)
-        p_smem = gl.allocate_shared_memory(dt, [BH, BLOCK_K], gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
-        full, empty = _ring_barriers(NUM_BUF)
-        return q_smem, kv_smem, p_smem, full, empty
+    def _tile_slots(idx0_ptr, idx1_ptr, k0_len, pos, hi):
+        """Slots of list positions `pos` of [src0 indices | src1 indices] (-1 past hi); the source of each."""
+        s0, s1, in0 = _slot_loads(idx0_ptr, idx1_ptr, k0_len, pos, hi)
+        return gl.where(in0, s0, s1), in0
 
     @gluon.jit
     def _scorer_buffers(dt: gl.constexpr, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr,
                         NUM_BUF: gl.constexpr):
-        """Shared memory `_score` and `_help` read: q, the ring, two P slots `[BH, BLOCK_K]` with their row
-        rescales, the final (max, sum) rows; the ring's barriers, `ready` and `free` per P slot, `done` for the
-        final rows. All initialized here but `full` (who arrives on it depends on the kernel's load warps)."""
-        q_smem, kv_smem = _q_and_ring(dt, BH, D, BLOCK_K, NUM_BUF)
+        """Shared memory `_score` and `_help` read: q and the ring (wgmma's swizzled layouts), two P slots
+        `[BH, BLOCK_K]` with their row rescales, the final (max, sum) rows; the ring's barriers, `ready` and
+        `free` per P slot, `done` for the final rows. All initialized here but `full` (who arrives on it
+        depends on the kernel's load warps)."""
+        q_smem = gl.allocate_shared_memory(dt, [BH, D], gl.NVMMASharedLayout.get_default_for([BH, D], dt))
+        kv_smem = gl.allocate_shared_memory(dt, [NUM_BUF, BLOCK_K, D],
+                                            gl.NVMMASharedLayout.get_default_for([BLOCK_K, D], dt))
         p_smem = gl.allocate_shared_memory(dt, [2, BH, BLOCK_K],
                                            gl.NVMMASharedLayout.get_default_for([BH, BLOCK_K], dt))
         rows_layout: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, order=[0])
         alpha_smem = gl.allocate_shared_memory(gl.float32, [2, BH], rows_layout)
         final_smem = gl.allocate_shared_memory(gl.float32, [2, BH], rows_layout)
-        full, empty = _ring_barriers(NUM_BUF)
+        full = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
         ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
         done = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
@@ -294,36 +273,3 @@ if HAS_GLUON:
         mbarrier.wait(done.index(0), 0)
         _store_half(final_smem.index(0).load(rows), final_smem.index(1).load(rows), acc, W, out_ptr, sink_ptr,
                     part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h, BH, D, NUM_SPLITS, False)
-
-    @gluon.jit
-    def _attend(q_smem, kv_smem, p_smem, full, empty, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale,
-                out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h,
-                BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
-                NUM_SPLITS: gl.constexpr):
-        """Consumer warpgroups: per tile S = q K^T (the warpgroups on different rows), online softmax in log2
-        units, P through shared memory, acc += P V (each warpgroup on half the channels); then the output."""
-        dt: gl.constexpr = q_smem.dtype
-        s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, BLOCK_K // 2, 16])
-        o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                           instr_shape=[16, D // 2, 16])
-        kcol = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, s_layout))
-        m = gl.full([BH], -1e30, gl.float32, layout=gl.SliceLayout(1, s_layout))  # finite: alpha stays 0/1
-        l_sum = gl.zeros([BH], gl.float32, layout=gl.SliceLayout(1, s_layout))
-        acc = gl.zeros([BH, D], gl.float32, layout=o_layout)
-        _wait_q()
-        for j in range(n_tiles):
-            b = j % NUM_BUF
-            cur, _ = _tile_slots(idx0, idx1, k0_len, lo + j * BLOCK_K + kcol, hi)  # the producer read it: cached
-            kv, p, alpha, m, l_sum = _tile_scores(q_smem, kv_smem, full, j, cur, m, l_sum, qk_scale, s_layout, BH,
-                                                  BLOCK_K, NUM_BUF)
-            p_smem.store(p.to(dt))
-            fence_async_shared()
-            gl.thread_barrier()  # both warpgroups' P
-            acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
-            acc = warpgroup_mma(p_smem, kv, acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=[acc])
-            mbarrier.arrive(empty.index(b))  # after both warpgroups: the buffer and P are free again
-
-        _store_half(m, l_sum, acc, 0, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                    o_stride_h, BH, D, NUM_SPLITS, True)
