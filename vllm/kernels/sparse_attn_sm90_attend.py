@@ -155,11 +155,12 @@ if HAS_GLUON:
         gl.thread_barrier()
 
     @gluon.jit
-    def _store_half(m, l_sum, acc, col0, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                    o_stride_h, BH: gl.constexpr, D: gl.constexpr, NUM_SPLITS: gl.constexpr, STORE_LSE: gl.constexpr):
+    def _store_half(m, l_sum, acc, col0, dest, BH: gl.constexpr, D: gl.constexpr, NUM_SPLITS: gl.constexpr,
+                    STORE_LSE: gl.constexpr):
         """Channels [col0, col0 + W) of the output (acc `[BH, W]`): normalized with the sink in the denominator
         (one split), or this split's normalized output, and (STORE_LSE) its natural-log LSE, -inf when it saw
-        no valid row."""
+        no valid row. `dest`: where the program's output goes (the kernels' `dest` tuple)."""
+        out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h = dest
         o_layout: gl.constexpr = acc.type.layout
         W: gl.constexpr = acc.type.shape[1]
         dt: gl.constexpr = out_ptr.dtype.element_ty
@@ -204,14 +205,13 @@ if HAS_GLUON:
         return kv, p, alpha, m_new, l_sum * alpha + gl.sum(p, axis=1)
 
     @gluon.jit
-    def _score(q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, idx0, idx1, k0_len,
-               lo, hi, n_tiles, qk_scale, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-               o_stride_h, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
-               NUM_SPLITS: gl.constexpr):
+    def _score(bufs, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale, dest, BH: gl.constexpr, D: gl.constexpr,
+               BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr, NUM_SPLITS: gl.constexpr):
         """The scoring warpgroup (the default partition): per tile S = q K^T over the whole tile (q read once a
         tile), online softmax in log2 units, P and the row rescale handed to the helper through a P slot, and
         acc += P V over the left half of the channels with P from registers; then the final (max, sum) rows for
-        the helper, and its half of the output."""
+        the helper, and its half of the output. `bufs`: `_scorer_buffers`; `dest`: `_store_half`'s."""
+        q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done = bufs
         dt: gl.constexpr = q_smem.dtype
         W: gl.constexpr = D // 2
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -245,15 +245,14 @@ if HAS_GLUON:
         final_smem.index(0).store(m)
         final_smem.index(1).store(l_sum)
         mbarrier.arrive(done.index(0))
-        _store_half(m, l_sum, acc, 0, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t,
-                    o_stride_h, BH, D, NUM_SPLITS, True)
+        _store_half(m, l_sum, acc, 0, dest, BH, D, NUM_SPLITS, True)
 
     @gluon.jit
-    def _help(kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, n_tiles, out_ptr, sink_ptr,
-              part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h, BH: gl.constexpr, D: gl.constexpr,
-              BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr, NUM_SPLITS: gl.constexpr):
+    def _help(bufs, n_tiles, dest, BH: gl.constexpr, D: gl.constexpr, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
+              NUM_SPLITS: gl.constexpr):
         """The helper warpgroup: per tile, the scorer's rescale and acc += P V over the right half of the
         channels with P from its slot; then its half of the output with the scorer's final rows."""
+        _, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done = bufs
         W: gl.constexpr = D // 2
         o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                            instr_shape=[16, W, 16])
@@ -271,5 +270,5 @@ if HAS_GLUON:
             mbarrier.arrive(free.index(ps))
             mbarrier.arrive(empty.index(b))
         mbarrier.wait(done.index(0), 0)
-        _store_half(final_smem.index(0).load(rows), final_smem.index(1).load(rows), acc, W, out_ptr, sink_ptr,
-                    part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h, BH, D, NUM_SPLITS, False)
+        _store_half(final_smem.index(0).load(rows), final_smem.index(1).load(rows), acc, W, dest, BH, D, NUM_SPLITS,
+                    False)

@@ -152,8 +152,8 @@ if HAS_GLUON:
         t = gl.program_id(0).to(gl.int64)
         hb = gl.program_id(1)
         split = gl.program_id(2)
-        q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done = _scorer_buffers(
-            dt, BH, D, BLOCK_K, NUM_BUF)
+        bufs = _scorer_buffers(dt, BH, D, BLOCK_K, NUM_BUF)
+        q_smem, kv_smem, full, empty = bufs[0], bufs[1], bufs[5], bufs[6]
         plain: gl.constexpr = gl.SwizzledSharedLayout(16, 1, 1, [1, 0])
         head_smem = gl.allocate_shared_memory(gl.uint8, [NUM_RAW, BLOCK_K, 512], plain)
         tail_smem = gl.allocate_shared_memory(gl.uint8, [NUM_RAW, BLOCK_K, _DATA_BYTES - 512], plain)
@@ -166,13 +166,10 @@ if HAS_GLUON:
 
         idx0, idx1, lo, hi, n_tiles = _program_list(idx0_ptr, idx1_ptr, t, idx0_stride, idx1_stride, k0_len, k1_len,
                                                     split, split_len, BLOCK_K)
+        dest = (out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h)
         gl.warp_specialize([
-            (_score, (q_smem, kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, idx0, idx1,
-                      k0_len, lo, hi, n_tiles, qk_scale, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H,
-                      o_stride_t, o_stride_h, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
-            (_help, (kv_smem, p_smem, alpha_smem, final_smem, full, empty, ready, free, done, n_tiles, out_ptr,
-                     sink_ptr, part_o_ptr, part_lse_ptr, t, hb, split, H, o_stride_t, o_stride_h, BH, D, BLOCK_K,
-                     NUM_BUF, NUM_SPLITS)),
+            (_score, (bufs, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale, dest, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
+            (_help, (bufs, n_tiles, dest, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
             (_load_fp8_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, page0_bytes, page1_bytes, lo, hi, n_tiles,
                               kv_smem, head_smem, tail_smem, scale_smem, full, empty, BLOCK_K, NUM_BUF, NUM_RAW,
                               PAGE0_ROWS, PAGE1_ROWS)),
