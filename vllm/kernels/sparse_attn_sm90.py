@@ -87,7 +87,7 @@ if HAS_GLUON:
         hb = gl.program_id(1)
         split = gl.program_id(2)
         bufs = _scorer_buffers(dt, BH, D, BLOCK_K, NUM_BUF)
-        q_smem, kv_smem, full, empty = bufs[0], bufs[1], bufs[5], bufs[6]
+        q_smem, kv_smem, full, empty = bufs[0], bufs[1], bufs[5], bufs[6]  # what this partition and the loaders use
         for i in gl.static_range(NUM_BUF):
             mbarrier.init(full.index(i), count=LOAD_WARPS * 32)  # one no-increment arrival per loading thread
 

@@ -153,7 +153,7 @@ if HAS_GLUON:
         hb = gl.program_id(1)
         split = gl.program_id(2)
         bufs = _scorer_buffers(dt, BH, D, BLOCK_K, NUM_BUF)
-        q_smem, kv_smem, full, empty = bufs[0], bufs[1], bufs[5], bufs[6]
+        q_smem, kv_smem, full, empty = bufs[0], bufs[1], bufs[5], bufs[6]  # what this partition and the loaders use
         plain: gl.constexpr = gl.SwizzledSharedLayout(16, 1, 1, [1, 0])
         head_smem = gl.allocate_shared_memory(gl.uint8, [NUM_RAW, BLOCK_K, 512], plain)
         tail_smem = gl.allocate_shared_memory(gl.uint8, [NUM_RAW, BLOCK_K, _DATA_BYTES - 512], plain)
