@@ -26,7 +26,7 @@ import torch
 
 from vllm.kernels import sparse_attn_sm90_fp8 as fp8_pages
 from vllm.kernels._triton import triton
-from vllm.kernels.sparse_attn_sm90_attend import (BLOCK_H, HAS_GLUON, LOAD_WARPS, LOG2E, SCORER_WARPS, finish_launch,
+from vllm.kernels.sparse_attn_sm90_attend import (BLOCK_H, HAS_GLUON, LOAD_WARPS, SCORER_WARPS, finish_launch,
                                                   plan_launch)
 
 MIN_WORK = 8 * 640  # (query, head block) programs x rows a query: see big_enough
@@ -179,19 +179,14 @@ def launch(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, block_
     assert q.stride(2) == 1, "q must be [T, H, D] with unit stride on D"
     if _page_layout(sources[0][0]) is not None:
         return fp8_pages.sparse_attn_sm90_fp8(q, sources, sink, scale, num_splits=num_splits)
-    t, h, d = q.shape
     block_k = BLOCK_K if block_k is None else block_k
     num_buf = NUM_BUF if num_buf is None else num_buf
     assert block_k in (32, 64) and num_buf >= 2, "block_k 32 or 64, at least 2 buffers"
-    if t == 0:
+    if q.shape[0] == 0:
         return torch.empty_like(q)
     plan = plan_launch(q, sources, block_k, num_splits)
-    a0, a1 = plan.src0, plan.src1
     _sparse_attn_sm90_kernel[plan.grid](
-        q, plan.out, sink, plan.part_o, plan.part_lse,
-        a0.storage, a0.indices, a0.num_indices, a0.index_stride, a0.row_stride,
-        a1.storage, a1.indices, a1.num_indices, a1.index_stride, a1.row_stride,
-        h, q.stride(0), q.stride(1), plan.out.stride(0), plan.out.stride(1), plan.split_len, scale * LOG2E,
-        D=d, BLOCK_K=block_k, NUM_BUF=num_buf, NUM_SPLITS=plan.num_splits, LOAD_WARPS=LOAD_WARPS,
-        LOAD_REGS=LOAD_REGS[block_k], num_warps=SCORER_WARPS)
+        *plan.kernel_args(q, sink, scale, lambda src: src.row_stride), D=q.shape[2], BLOCK_K=block_k,
+        NUM_BUF=num_buf, NUM_SPLITS=plan.num_splits, LOAD_WARPS=LOAD_WARPS, LOAD_REGS=LOAD_REGS[block_k],
+        num_warps=SCORER_WARPS)
     return finish_launch(plan, sink)

@@ -62,6 +62,16 @@ class LaunchPlan(NamedTuple):
     part_o: torch.Tensor
     part_lse: torch.Tensor
 
+    def kernel_args(self, q: torch.Tensor, sink: torch.Tensor, scale: float, rows_by) -> tuple:
+        """The positional arguments both Hopper kernels take, in their order; `rows_by(source)`: how that kernel
+        finds a source's rows (a row stride, or a page's bytes)."""
+        a0, a1 = self.src0, self.src1
+        return (q, self.out, sink, self.part_o, self.part_lse,
+                a0.storage, a0.indices, a0.num_indices, a0.index_stride, rows_by(a0),
+                a1.storage, a1.indices, a1.num_indices, a1.index_stride, rows_by(a1),
+                q.shape[1], q.stride(0), q.stride(1), self.out.stride(0), self.out.stride(1), self.split_len,
+                scale * LOG2E)
+
 
 def plan_launch(q: torch.Tensor, sources, block_k: int, num_splits: int | None) -> LaunchPlan:
     """What both Hopper launchers set up the same way: the output, the sources, the grid, the list's splits."""

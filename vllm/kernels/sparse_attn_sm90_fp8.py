@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm.kernels.sparse_attn_sm90_attend import (HAS_GLUON, LOAD_WARPS, LOG2E, SCORER_WARPS, finish_launch,
+from vllm.kernels.sparse_attn_sm90_attend import (HAS_GLUON, LOAD_WARPS, SCORER_WARPS, finish_launch,
                                                   plan_launch)
 
 # 32-row ring tiles three deep (the helper's PV of one tile runs while the scorer takes the next, so a third
@@ -196,13 +196,8 @@ def sparse_attn_sm90_fp8(q: torch.Tensor, sources, sink: torch.Tensor, scale: fl
     if q.shape[0] == 0:
         return torch.empty_like(q)
     plan = plan_launch(q, sources, BLOCK_K, num_splits)
-    a0, a1 = plan.src0, plan.src1
     _sparse_attn_sm90_fp8_kernel[plan.grid](
-        q, plan.out, sink, plan.part_o, plan.part_lse,
-        a0.storage, a0.indices, a0.num_indices, a0.index_stride, a0.page_bytes,
-        a1.storage, a1.indices, a1.num_indices, a1.index_stride, a1.page_bytes,
-        q.shape[1], q.stride(0), q.stride(1), plan.out.stride(0), plan.out.stride(1), plan.split_len,
-        scale * LOG2E, PAGE0_ROWS=a0.page_rows, PAGE1_ROWS=a1.page_rows, BLOCK_K=BLOCK_K, NUM_BUF=num_buf,
-        NUM_RAW=num_raw, NUM_SPLITS=plan.num_splits, LOAD_WARPS=LOAD_WARPS, LOAD_REGS=LOAD_REGS,
-        num_warps=SCORER_WARPS)
+        *plan.kernel_args(q, sink, scale, lambda src: src.page_bytes), PAGE0_ROWS=plan.src0.page_rows,
+        PAGE1_ROWS=plan.src1.page_rows, BLOCK_K=BLOCK_K, NUM_BUF=num_buf, NUM_RAW=num_raw,
+        NUM_SPLITS=plan.num_splits, LOAD_WARPS=LOAD_WARPS, LOAD_REGS=LOAD_REGS, num_warps=SCORER_WARPS)
     return finish_launch(plan, sink)
