@@ -203,15 +203,13 @@ sizes = ("k0_len", "idx0_stride", "k1_len", "idx1_stride", "H", "q_stride_t", "q
          "o_stride_h", "split_len")
 types = dict(q_ptr="*bf16", out_ptr="*bf16", sink_ptr="*fp32", part_o_ptr="*fp32", part_lse_ptr="*fp32",
              idx0_ptr="*i64", idx1_ptr="*i64", qk_scale="fp32", **{n: "i32" for n in sizes})
-cons = dict(NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS)
-if kind == "rows":  # config: "<block_k>x<num_buf>"; the scorer's warps (the helper's come on top)
-    cons.update(num_warps=attend.SCORER_WARPS)
+cons = dict(NUM_SPLITS=splits, LOAD_WARPS=sm90.LOAD_WARPS, num_warps=attend.SCORER_WARPS)  # helper, loaders on top
+if kind == "rows":  # config: "<block_k>x<num_buf>"
     block_k, num_buf = (int(v) for v in config.split("x"))
     kernel = sm90._sparse_attn_sm90_kernel
     types.update(src0_ptr="*bf16", src1_ptr="*bf16", row0_stride="i32", row1_stride="i32")
     cons.update(D=512, BLOCK_K=block_k, NUM_BUF=num_buf, LOAD_REGS=sm90.LOAD_REGS[block_k])
 else:  # config: "default" (fp8.BLOCK_K, NUM_BUF, NUM_RAW) over window pages of 64 rows, compressed of 16
-    cons.update(num_warps=attend.SCORER_WARPS)
     kernel = fp8._sparse_attn_sm90_fp8_kernel
     types.update(src0_ptr="*u8", src1_ptr="*u8", page0_bytes="i32", page1_bytes="i32")
     cons.update(BLOCK_K=fp8.BLOCK_K, NUM_BUF=fp8.NUM_BUF, NUM_RAW=fp8.NUM_RAW, LOAD_REGS=fp8.LOAD_REGS,
