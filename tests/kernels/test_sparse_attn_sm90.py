@@ -86,18 +86,12 @@ def test_sm90_matches_reference(case, splits, block_k, num_buf, dtype):
 
 
 @needs_hopper
-@pytest.mark.parametrize("ring", ["default", "3x3", "2x2"])  # ring tiles x staging tiles
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("case", list(CASES))
-def test_sm90_fp8_pages_match_reference(case, splits, ring):
+def test_sm90_fp8_pages_match_reference(case, splits):
     """fp8_ds_mla pages: the reference dequantizes the same bytes, so only the sums' order differs."""
     q, sources, sink = _case(case, torch.bfloat16, fp8=True)
-    if ring == "default":
-        out = sm90.sparse_attn_sm90(q, sources, sink, D**-0.5, num_splits=splits)
-    else:
-        num_buf, num_raw = (int(v) for v in ring.split("x"))
-        out = sm90_fp8.sparse_attn_sm90_fp8(q, sources, sink, D**-0.5, num_buf=num_buf, num_raw=num_raw,
-                                            num_splits=splits)
+    out = sm90.sparse_attn_sm90(q, sources, sink, D**-0.5, num_splits=splits)
     assert_close(out, sa.sparse_attn_ref(q, sources, sink, D**-0.5), 1e-2, case)
     if CASES[case][4] == 1.0:
         assert out.abs().max() == 0
@@ -209,10 +203,10 @@ if kind == "rows":  # config: "<block_k>x<num_buf>"
     kernel = sm90._sparse_attn_sm90_kernel
     types.update(src0_ptr="*bf16", src1_ptr="*bf16", row0_stride="i32", row1_stride="i32")
     cons.update(D=512, BLOCK_K=block_k, NUM_BUF=num_buf, LOAD_REGS=sm90.LOAD_REGS[block_k])
-else:  # config: "default" (fp8.BLOCK_K, NUM_BUF, NUM_RAW) over window pages of 64 rows, compressed of 16
+else:  # config: "default" (fp8.BLOCK_K, NUM_BUF) over window pages of 64 rows, compressed of 16
     kernel = fp8._sparse_attn_sm90_fp8_kernel
     types.update(src0_ptr="*u8", src1_ptr="*u8", page0_bytes="i32", page1_bytes="i32")
-    cons.update(BLOCK_K=fp8.BLOCK_K, NUM_BUF=fp8.NUM_BUF, NUM_RAW=fp8.NUM_RAW, LOAD_REGS=fp8.LOAD_REGS,
+    cons.update(BLOCK_K=fp8.BLOCK_K, NUM_BUF=fp8.NUM_BUF, LOAD_REGS=fp8.LOAD_REGS,
                 PAGE0_ROWS=64, PAGE1_ROWS=16)
 print(json.dumps(kernel_resources(kernel, types, cons, arch=90, num_warps=cons["num_warps"], num_stages=1,
                                   not_divisible=("k0_len", "k1_len", "H"))))
@@ -226,16 +220,14 @@ print(json.dumps(kernel_resources(kernel, types, cons, arch=90, num_warps=cons["
 def test_sm90_compiles_without_spills(kind, config, splits):
     """The kernels compiled for sm_90 on any machine (the Triton wheel ships ptxas; in a fresh process, as
     the interpreter wraps kernels at import): math and load warps within their register budgets (no
-    spilled bytes but the fp8 kernel's one value at the partitions' entry), rings, P slots and staging
-    within Hopper's 227 KB of shared memory, the helper and the load warps on top of the launch's (the
-    scorer's)."""
+    spilled bytes), rings, P slots and scales within Hopper's 227 KB of shared memory, the helper and the
+    load warps on top of the launch's (the scorer's)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", _RESOURCES, kind, config, str(splits)],
                           env=env, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads(done.stdout.splitlines()[-1])
-    # the fp8 kernel's load warps keep the shared-memory base on the stack once a program (fp8.ENTRY_SPILL_BYTES)
-    assert res["stack_bytes"] <= (sm90_fp8.ENTRY_SPILL_BYTES if kind == "fp8" else 0), res
+    assert res["stack_bytes"] == 0, res
     assert res["shared_bytes"] <= 227 * 1024, res
     assert res["num_warps"] == attend.SCORER_WARPS + attend.HELPER_WARPS + sm90.LOAD_WARPS, res
 

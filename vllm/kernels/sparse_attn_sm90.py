@@ -12,10 +12,11 @@ warps along the 64 heads, so both warpgroups compute the same scores. Gluon stat
 
 This module is the entry point: what the kernels take (`unsupported_reason`, `takes`), and the
 plain-row kernel, whose load warps cp.async bf16/fp16 rows straight into the ring (the copies' own
-arrival completes "ready"). fp8_ds_mla pages go to `sparse_attn_sm90_fp8.py`, whose load warps
-dequantize. All the heads of a query in blocks of 64 (a wgmma's M), two sources (window rows,
-compressed entries) as one list. The sink, the -1 skips, the splits of the list and their merge are
-the portable kernel's (`attn_splits.py`). Small batches take the portable kernel (`takes`).
+arrival completes "ready"). fp8_ds_mla pages go to `sparse_attn_sm90_fp8.py`, on the same ring,
+whose load warps stage each tile's bytes in its ring tile and dequantize them there. All the heads of
+a query in blocks of 64 (a wgmma's M), two sources (window rows, compressed entries) as one list. The
+sink, the -1 skips, the splits of the list and their merge are the portable kernel's (`attn_splits.py`).
+Small batches take the portable kernel (`takes`).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def big_enough(programs: int, rows: int) -> bool:
     HCA 4K (160 rows) 16 requests 12.0 / 15.7, 128: 21.9 / 20.4. fp8_ds_mla pages cross at the same points
     (h200_sparse_attn_sm90_fp8.json, _sweep.json, the fp8 kernel before its stop-23 load warps): CSA 1 request
     13.9 / 17.7, 8: 25.6 / 17.4; HCA 4K 16 requests 18.9 / 21.7, 128: 43.7 / 31.9. The current fp8 kernel:
-    8 requests 25.2 / 14.2 (h200_sparse_attn_sm90_fp8_v2.json); below 8 not re-timed."""
+    8 requests 25.2 / 13.8 (h200_sparse_attn_sm90_fp8_inplace.json); below 8 not re-timed."""
     return programs * rows >= MIN_WORK
 
 

@@ -1,16 +1,23 @@
 """The Hopper sparse MLA kernel over fp8_ds_mla pages (Gluon, SM 9.x): V4's KV cache read as stored.
 
 The math warpgroups are the plain-row kernel's scorer and helper (`sparse_attn_sm90_attend._score` /
-`_help`), over a ring of NUM_BUF bf16 `[BLOCK_K, 512]` tiles. The load warps differ: they cp.async each
-row's bytes as stored into a staging ring of NUM_RAW tiles, running NUM_RAW - 1 tiles ahead, as three
-pieces: data bytes [0, 512) (448 e4m3 NoPE channels, then the first 32 bf16 RoPE channels), [512, 576)
-(the other 32) and the 8 UE8M0 scale bytes. When a tile has landed and the math warpgroups have freed a
-ring tile, they dequantize it there (64 channels a scale, exact in bf16), copy the RoPE channels into its
-last 64 columns and arrive on its `full` barrier.
+`_help`), on its ring too: two bf16 `[64, 512]` tiles. That ring and q leave no room for a staging buffer, so
+the load warps stage each tile's bytes in the ring tile itself. The NVMMA 128-byte-swizzled tile is 8
+column blocks of `[64 rows, 128 bytes]`, 8 KB each, block c holding channels [64c, 64c + 64). A tile's
+cp.asyncs put:
+- NoPE chunk c (64 e4m3 bytes a row) in the second half of block c, unswizzled (`_raw_chunks`);
+- the 64 bf16 RoPE channels straight in their place, block 7;
+- the 8 UE8M0 scale bytes in a small buffer of their own.
+Dequantizing chunk c reads its bytes, then writes block c, which overlaps no other chunk's bytes (the
+compiler puts a barrier between the reads and the writes: one buffer).
 
-What sets the pace is the load warps' instructions a tile (one warp per scheduler next to the math
-warps), so each row's addresses are computed once, with page sizes as constants (no integer division),
-and the dequantization works on four bytes a register (`_e4m3_bits_as_bf16`).
+Against the previous kernel (32-row tiles three deep, a staging ring beside them), H200, V4-Flash CSA 32K
+(h200_sparse_attn_sm90_fp8_inplace_trials.json): 128 requests 49.3 -> 46.4 us, 1024 requests 357.6 -> 311.6;
+at 32 / 64 requests and HCA 4K about equal. The math on 32-row tiles alone took 39 us at 128 requests.
+
+Each load thread owns one row of a tile with one other thread: the row's addresses are computed once for
+its copies, with page sizes as constants (no integer division). The dequantization works on four bytes a
+register (`_e4m3_bits_as_bf16`) and takes each scale by its bits (`_scale_as_bf16`).
 
 A page (`fp8_ds_mla.Fp8DsMlaLayout`) holds `block_size` rows of 576 data bytes (448 e4m3 + 64 bf16),
 then their 8 scale bytes each.
@@ -23,16 +30,9 @@ import torch
 from vllm.kernels.sparse_attn_sm90_attend import (HAS_GLUON, LOAD_WARPS, SCORER_WARPS, finish_launch,
                                                   plan_launch)
 
-# 32-row ring tiles three deep (the helper's PV of one tile runs while the scorer takes the next, so a third
-# tile is what the load warps fill meanwhile), staging two deep: with q's 64 KB, 206 KB of the 227.
-# H200, V4-Flash CSA 32K, 64 / 128 requests (h200_sparse_attn_sm90_fp8_v2_trials.json): ring 2 deep with
-# staging 4 deep 68.6 us at 128; staging 3 deep 34.4 / 50.2; this 33.7 / 49.5.
-BLOCK_K, NUM_BUF, NUM_RAW = 32, 3, 2
-# Load warps' registers; the scorer takes what the helper (160) and they leave, up to 256. 88 or 96: the scorer
-# at 256, 33.7 / 49.5 and 41.5 / 50.4 us; 104: the scorer at 248, 43.0 / 66.3. Below 104 ptxas keeps one
-# value, the shared-memory base, on the stack from the partitions' entry to the load warps' first use: 4
-# bytes stored and loaded once a program, outside the loop (ENTRY_SPILL_BYTES, checked in the tests).
-LOAD_REGS, ENTRY_SPILL_BYTES = 88, 8
+BLOCK_K, NUM_BUF = 64, 2  # the plain-row kernel's ring; the staging lives in it
+# Load warps' registers: none spilled. 56 against 72: 46.4 / 48.3 us at 128 requests (same trials file).
+LOAD_REGS = 56
 NOPE, ROPE, DATA_BYTES, SCALE_BYTES = 448, 64, 576, 8  # the V4 latent layout the kernel is written for
 
 if HAS_GLUON:
@@ -46,6 +46,7 @@ if HAS_GLUON:
 
     # the layout, as the kernels see it
     _NOPE, _ROPE, _DATA_BYTES, _SCALE_BYTES = (gl.constexpr(v) for v in (NOPE, ROPE, DATA_BYTES, SCALE_BYTES))
+    _CHUNKS = gl.constexpr(NOPE // 64)
 
     @gluon.jit
     def _row_offsets(slots, page_bytes, PAGE_ROWS: gl.constexpr):
@@ -56,23 +57,35 @@ if HAS_GLUON:
         return page + row * _DATA_BYTES, page + PAGE_ROWS * _DATA_BYTES + row * _SCALE_BYTES
 
     @gluon.jit
-    def _issue_tile(head_dst, tail_dst, scale_dst, src0, src1, page0_bytes, page1_bytes, s0, s1, in0,
-                    PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr, head_l: gl.constexpr,
-                    scale_l: gl.constexpr):
-        """cp.async a tile's rows into staging, from their slots' loads (`_slot_loads`, an iteration earlier):
-        data bytes [0, 512) and [512, 576), and the scale bytes; -1 rows are zero-filled."""
+    def _raw_chunks(kv_smem, NUM_BUF: gl.constexpr):
+        """The ring's bytes as `[tile * 16 + half-block, 64 rows, 64 bytes]`, unswizzled: NoPE chunk c of tile b
+        is staged at index 16 b + 2 c + 1, the second half of the column block it dequantizes into."""
+        plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        return kv_smem._reinterpret(gl.uint8, [NUM_BUF * 16, 64, 64], plain)
+
+    @gluon.jit
+    def _issue_tile(kv, raw, b, scale_dst, src0, src1, page0_bytes, page1_bytes, s0, s1, in0,
+                    PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr, byte_l: gl.constexpr,
+                    rope_l: gl.constexpr):
+        """cp.async tile rows (their slots' loads from `_slot_loads`) into ring tile b (`kv`, its bytes `raw`):
+        the NoPE chunks staged, the RoPE channels in place; the scales into scale_dst. -1 rows read zeros."""
         slots = gl.where(in0, s0, s1)
         d0, e0 = _row_offsets(slots, page0_bytes, PAGE0_ROWS)
         d1, e1 = _row_offsets(slots, page1_bytes, PAGE1_ROWS)
         live = (slots >= 0)[:, None]
         data = gl.where(in0, src0 + d0, src1 + d1)
-        c = gl.arange(0, 512, layout=gl.SliceLayout(0, head_l))
-        cp.async_copy_global_to_shared(head_dst, data[:, None] + c[None, :], mask=live)
-        c = gl.arange(0, _DATA_BYTES - 512, layout=gl.SliceLayout(0, head_l))
-        cp.async_copy_global_to_shared(tail_dst, data[:, None] + (512 + c)[None, :], mask=live)
-        scales = gl.convert_layout(gl.where(in0, src0 + e0, src1 + e1), gl.SliceLayout(1, scale_l))
-        k = gl.arange(0, _SCALE_BYTES, layout=gl.SliceLayout(0, scale_l))
-        cp.async_copy_global_to_shared(scale_dst, scales[:, None] + k[None, :], mask=gl.convert_layout(live, scale_l))
+        c = gl.arange(0, 64, layout=gl.SliceLayout(0, byte_l))
+        for k in gl.static_range(_CHUNKS):
+            cp.async_copy_global_to_shared(raw.index(16 * b + 2 * k + 1), data[:, None] + (64 * k + c)[None, :],
+                                           mask=live)
+        rope = gl.convert_layout(data + _NOPE, gl.SliceLayout(1, rope_l)).to(gl.pointer_type(gl.bfloat16),
+                                                                             bitcast=True)
+        r = gl.arange(0, _ROPE, layout=gl.SliceLayout(0, rope_l))
+        cp.async_copy_global_to_shared(kv.slice(_NOPE, _ROPE, dim=1), rope[:, None] + r[None, :],
+                                       mask=gl.convert_layout(live, rope_l))
+        scales = gl.convert_layout(gl.where(in0, src0 + e0, src1 + e1), gl.SliceLayout(1, rope_l))
+        k8 = gl.arange(0, _SCALE_BYTES, layout=gl.SliceLayout(0, rope_l))
+        cp.async_copy_global_to_shared(scale_dst, scales[:, None] + k8[None, :], mask=gl.convert_layout(live, rope_l))
 
     @gluon.jit
     def _e4m3_bits_as_bf16(w):
@@ -86,57 +99,53 @@ if HAS_GLUON:
             "=r,=r,r", [w], gl.bfloat16, True, 4)
 
     @gluon.jit
-    def _dequantize_tile(head, tail, scales, kv, deq_l: gl.constexpr):
-        """kv[:, 64c:64c+64] = e4m3 bytes of chunk c * 2^(scale byte c - 127), two exact power-of-two
-        products; kv[:, 448:] = the RoPE channels (staged bytes read as bf16)."""
-        for c in gl.static_range(_NOPE // 64):
-            x = _e4m3_bits_as_bf16(head.slice(c * 64, 64, dim=1).load(deq_l)) * 1.329227995784916e36  # 2^120
-            e = scales.slice(c, 1, dim=1).load(deq_l)  # [BK, 1], broadcast along the chunk
-            kv.slice(c * 64, 64, dim=1).store(x * gl.exp2(e.to(gl.float32) - 127.0).to(gl.bfloat16))
-        BK: gl.constexpr = head.shape[0]
-        HALF: gl.constexpr = _ROPE // 2
-        plain: gl.constexpr = gl.SwizzledSharedLayout(8, 1, 1, [1, 0])  # staging is unswizzled
-        first = head._reinterpret(gl.bfloat16, [BK, 256], plain).slice(256 - HALF, HALF, dim=1)
-        kv.slice(_NOPE, HALF, dim=1).store(first.load(deq_l))
-        kv.slice(_NOPE + HALF, HALF, dim=1).store(tail._reinterpret(gl.bfloat16, [BK, HALF], plain).load(deq_l))
+    def _scale_as_bf16(e):
+        """UE8M0 bytes -> bf16 2^(e - 127), by the bits: e << 7 is that power's exponent field (255 reads as
+        inf, as exp2(128) would), and 0 is bf16's subnormal 2^-127."""
+        bits = gl.where(e == 0, 64, e.to(gl.int16) << 7).to(gl.int16)
+        return bits.to(gl.bfloat16, bitcast=True)
+
+    @gluon.jit
+    def _dequantize_tile(kv, raw, b, scales, byte_l: gl.constexpr):
+        """Column block c of ring tile b (`kv`) = its staged e4m3 chunk * 2^(scale byte c - 127): two exact
+        power-of-two products. The RoPE block landed in place."""
+        for c in gl.static_range(_CHUNKS):
+            x = _e4m3_bits_as_bf16(raw.index(16 * b + 2 * c + 1).load(byte_l)) * 1.329227995784916e36  # 2^120
+            e = scales.slice(c, 1, dim=1).load(byte_l)  # [BK, 1], broadcast along the chunk
+            kv.slice(64 * c, 64, dim=1).store(x * _scale_as_bf16(e))
 
     @gluon.jit
     def _load_fp8_rows(src0, idx0, src1, idx1, k0_len, page0_bytes, page1_bytes, lo, hi, n_tiles, kv_smem,
-                       head_smem, tail_smem, scale_smem, full, empty, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
-                       NUM_RAW: gl.constexpr, PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr):
-        """Producer warps: copies NUM_RAW - 1 tiles ahead into staging; each landed tile dequantized into the
-        ring once the math warpgroups free its buffer, then `full` (one arrival: the partition's). A row a
-        thread: its addresses are computed once for all three pieces."""
+                       scale_smem, full, empty, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
+                       PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr):
+        """Producer warps: tile j's copies land, it is dequantized in place and `full` arrived on (once: the
+        partition's); then, when the math warpgroups free the other ring tile, tile j + 1's copies go out. The
+        slots of the tile to copy next are loaded a tile early, so their loads land during a dequantization."""
         nw: gl.constexpr = gl.num_warps()
-        head_l: gl.constexpr = gl.BlockedLayout([1, 16], [8, 4], [nw, 1], [1, 0])
-        scale_l: gl.constexpr = gl.BlockedLayout([1, 8], [8, 4], [nw, 1], [1, 0])  # the same rows, repeated
-        rows = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, head_l))
-        for j in range(NUM_RAW - 1):
-            if j < n_tiles:
-                s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + j * BLOCK_K + rows, hi)
-                _issue_tile(head_smem.index(j), tail_smem.index(j), scale_smem.index(j), src0, src1, page0_bytes,
-                            page1_bytes, s0, s1, in0, PAGE0_ROWS, PAGE1_ROWS, head_l, scale_l)
-            cp.commit_group()  # one group per tile, empty or not: wait_group counts tiles
-        # the slots of the next tile to copy are loaded an iteration early and combined when used, so their
-        # loads land during a dequantization
-        s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + (NUM_RAW - 1) * BLOCK_K + rows, hi)
+        byte_l: gl.constexpr = gl.BlockedLayout([1, 16], [16, 2], [nw, 1], [1, 0])  # two threads a row
+        rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [nw, 1], [1, 0])  # the same rows
+        rows = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, byte_l))
+        raw = _raw_chunks(kv_smem, NUM_BUF)
+        s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + rows, hi)
+        if n_tiles > 0:  # ring tile 0 starts free
+            _issue_tile(kv_smem.index(0), raw, 0, scale_smem.index(0), src0, src1, page0_bytes, page1_bytes, s0,
+                        s1, in0, PAGE0_ROWS, PAGE1_ROWS, byte_l, rope_l)
+        cp.commit_group()
+        s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + BLOCK_K + rows, hi)
         for j in range(n_tiles):
-            ahead = j + NUM_RAW - 1
-            if ahead < n_tiles:  # its staging slot was freed by tile j - 1's dequantization
-                r = ahead % NUM_RAW
-                _issue_tile(head_smem.index(r), tail_smem.index(r), scale_smem.index(r), src0, src1, page0_bytes,
-                            page1_bytes, s0, s1, in0, PAGE0_ROWS, PAGE1_ROWS, head_l, scale_l)
-            cp.commit_group()
-            s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + (ahead + 1) * BLOCK_K + rows, hi)
-            cp.wait_group(NUM_RAW - 1)  # this thread's copies of tile j landed
-            gl.thread_barrier()  # ... and every load thread's
             b = j % NUM_BUF
-            mbarrier.wait(empty.index(b), ((j // NUM_BUF) & 1) ^ 1)  # a fresh barrier passes phase 1
-            r = j % NUM_RAW
-            _dequantize_tile(head_smem.index(r), tail_smem.index(r), scale_smem.index(r), kv_smem.index(b), head_l)
+            cp.wait_group(0)  # this thread's copies of tile j landed
+            gl.thread_barrier()  # ... and every load thread's
+            _dequantize_tile(kv_smem.index(b), raw, b, scale_smem.index(b), byte_l)
             fence_async_shared()  # the stores, visible to the tensor cores' proxy
             mbarrier.arrive(full.index(b))
-            gl.thread_barrier()  # staging slot r is read: the next tile's copies may overwrite it
+            nb = (j + 1) % NUM_BUF
+            if j + 1 < n_tiles:
+                mbarrier.wait(empty.index(nb), (((j + 1) // NUM_BUF) & 1) ^ 1)  # a fresh barrier passes phase 1
+                _issue_tile(kv_smem.index(nb), raw, nb, scale_smem.index(nb), src0, src1, page0_bytes,
+                            page1_bytes, s0, s1, in0, PAGE0_ROWS, PAGE1_ROWS, byte_l, rope_l)
+            cp.commit_group()
+            s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + (j + 2) * BLOCK_K + rows, hi)
 
     @gluon.jit
     def _sparse_attn_sm90_fp8_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
@@ -144,8 +153,8 @@ if HAS_GLUON:
                                      src1_ptr, idx1_ptr, k1_len, idx1_stride, page1_bytes,
                                      H, q_stride_t, q_stride_h, o_stride_t, o_stride_h, split_len, qk_scale,
                                      PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr, BLOCK_K: gl.constexpr,
-                                     NUM_BUF: gl.constexpr, NUM_RAW: gl.constexpr, NUM_SPLITS: gl.constexpr,
-                                     LOAD_WARPS: gl.constexpr, LOAD_REGS: gl.constexpr, num_warps: gl.constexpr):
+                                     NUM_BUF: gl.constexpr, NUM_SPLITS: gl.constexpr, LOAD_WARPS: gl.constexpr,
+                                     LOAD_REGS: gl.constexpr, num_warps: gl.constexpr):
         BH: gl.constexpr = 64
         D: gl.constexpr = 512
         dt: gl.constexpr = gl.bfloat16
@@ -154,10 +163,7 @@ if HAS_GLUON:
         split = gl.program_id(2)
         bufs = _scorer_buffers(dt, BH, D, BLOCK_K, NUM_BUF)
         q_smem, kv_smem, full, empty = bufs[0], bufs[1], bufs[5], bufs[6]  # what this partition and the loaders use
-        plain: gl.constexpr = gl.SwizzledSharedLayout(16, 1, 1, [1, 0])
-        head_smem = gl.allocate_shared_memory(gl.uint8, [NUM_RAW, BLOCK_K, 512], plain)
-        tail_smem = gl.allocate_shared_memory(gl.uint8, [NUM_RAW, BLOCK_K, _DATA_BYTES - 512], plain)
-        scale_smem = gl.allocate_shared_memory(gl.uint8, [NUM_RAW, BLOCK_K, _SCALE_BYTES],
+        scale_smem = gl.allocate_shared_memory(gl.uint8, [NUM_BUF, BLOCK_K, _SCALE_BYTES],
                                                gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
         for i in gl.static_range(NUM_BUF):
             mbarrier.init(full.index(i), count=1)  # the load partition arrives once, after its barrier
@@ -171,8 +177,7 @@ if HAS_GLUON:
             (_score, (bufs, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale, dest, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
             (_help, (bufs, n_tiles, dest, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
             (_load_fp8_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, page0_bytes, page1_bytes, lo, hi, n_tiles,
-                              kv_smem, head_smem, tail_smem, scale_smem, full, empty, BLOCK_K, NUM_BUF, NUM_RAW,
-                              PAGE0_ROWS, PAGE1_ROWS)),
+                              kv_smem, scale_smem, full, empty, BLOCK_K, NUM_BUF, PAGE0_ROWS, PAGE1_ROWS)),
         ], [_HELPER_WARPS, LOAD_WARPS], [_HELPER_REGS, LOAD_REGS])
 
 
@@ -185,19 +190,16 @@ def layout_unsupported_reason(layout) -> str | None:
     return None
 
 
-def sparse_attn_sm90_fp8(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *, num_buf: int | None = None,
-                         num_raw: int | None = None, num_splits: int | None = None) -> torch.Tensor:
+def sparse_attn_sm90_fp8(q: torch.Tensor, sources, sink: torch.Tensor, scale: float, *,
+                         num_splits: int | None = None) -> torch.Tensor:
     """sparse_attn_ref's contract for bf16 q over fp8_ds_mla pages of V4's layout, on Hopper (the caller,
-    `sparse_attn_sm90`, has checked what it takes). A ring num_buf tiles deep (NUM_BUF), staging num_raw
-    (NUM_RAW). The kernel is compiled per pair of page sizes (a few per model: window and compressed pages)."""
-    num_buf = NUM_BUF if num_buf is None else num_buf
-    num_raw = NUM_RAW if num_raw is None else num_raw
-    assert num_buf >= 2 and num_raw >= 2, "a ring of at least 2 tiles; staging of at least 2 (copies run ahead)"
+    `sparse_attn_sm90`, has checked what it takes). The kernel is compiled per pair of page sizes (a few per
+    model: window and compressed pages)."""
     if q.shape[0] == 0:
         return torch.empty_like(q)
     plan = plan_launch(q, sources, BLOCK_K, num_splits)
     _sparse_attn_sm90_fp8_kernel[plan.grid](
         *plan.kernel_args(q, sink, scale, lambda src: src.page_bytes), PAGE0_ROWS=plan.src0.page_rows,
-        PAGE1_ROWS=plan.src1.page_rows, BLOCK_K=BLOCK_K, NUM_BUF=num_buf, NUM_RAW=num_raw,
-        NUM_SPLITS=plan.num_splits, LOAD_WARPS=LOAD_WARPS, LOAD_REGS=LOAD_REGS, num_warps=SCORER_WARPS)
+        PAGE1_ROWS=plan.src1.page_rows, BLOCK_K=BLOCK_K, NUM_BUF=NUM_BUF, NUM_SPLITS=plan.num_splits,
+        LOAD_WARPS=LOAD_WARPS, LOAD_REGS=LOAD_REGS, num_warps=SCORER_WARPS)
     return finish_launch(plan, sink)
