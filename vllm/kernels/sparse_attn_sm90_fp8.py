@@ -57,11 +57,19 @@ if HAS_GLUON:
         return page + row * _DATA_BYTES, page + PAGE_ROWS * _DATA_BYTES + row * _SCALE_BYTES
 
     @gluon.jit
-    def _raw_chunks(kv_smem, NUM_BUF: gl.constexpr):
-        """The ring's bytes as `[tile * 16 + half-block, 64 rows, 64 bytes]`, unswizzled: NoPE chunk c of tile b
-        is staged at index 16 b + 2 c + 1, the second half of the column block it dequantizes into."""
+    def _raw_chunks(kv_smem):
+        """The ring `[NUM_BUF, BK, 512]` bf16 as bytes `[NUM_BUF * 16 half blocks, BK, 64]`, unswizzled: a column
+        block is BK rows of 128 bytes, so each half holds one `[BK, 64]` chunk of e4m3 bytes."""
+        NB: gl.constexpr = kv_smem.shape[0]
+        BK: gl.constexpr = kv_smem.shape[1]
         plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-        return kv_smem._reinterpret(gl.uint8, [NUM_BUF * 16, 64, 64], plain)
+        return kv_smem._reinterpret(gl.uint8, [NB * 16, BK, 64], plain)
+
+    @gluon.jit
+    def _staged(raw, b, c):
+        """Where NoPE chunk c of ring tile b is staged (`raw`: `_raw_chunks`): the second half of column block
+        c, the block it dequantizes into."""
+        return raw.index(16 * b + 2 * c + 1)
 
     @gluon.jit
     def _issue_tile(kv, raw, b, scale_dst, src0, src1, page0_bytes, page1_bytes, s0, s1, in0,
@@ -76,7 +84,7 @@ if HAS_GLUON:
         data = gl.where(in0, src0 + d0, src1 + d1)
         c = gl.arange(0, 64, layout=gl.SliceLayout(0, byte_l))
         for k in gl.static_range(_CHUNKS):
-            cp.async_copy_global_to_shared(raw.index(16 * b + 2 * k + 1), data[:, None] + (64 * k + c)[None, :],
+            cp.async_copy_global_to_shared(_staged(raw, b, k), data[:, None] + (64 * k + c)[None, :],
                                            mask=live)
         rope = gl.convert_layout(data + _NOPE, gl.SliceLayout(1, rope_l)).to(gl.pointer_type(gl.bfloat16),
                                                                              bitcast=True)
@@ -110,7 +118,7 @@ if HAS_GLUON:
         """Column block c of ring tile b (`kv`) = its staged e4m3 chunk * 2^(scale byte c - 127): two exact
         power-of-two products. The RoPE block landed in place."""
         for c in gl.static_range(_CHUNKS):
-            x = _e4m3_bits_as_bf16(raw.index(16 * b + 2 * c + 1).load(byte_l)) * 1.329227995784916e36  # 2^120
+            x = _e4m3_bits_as_bf16(_staged(raw, b, c).load(byte_l)) * 1.329227995784916e36  # 2^120
             e = scales.slice(c, 1, dim=1).load(byte_l)  # [BK, 1], broadcast along the chunk
             kv.slice(64 * c, 64, dim=1).store(x * _scale_as_bf16(e))
 
@@ -125,7 +133,7 @@ if HAS_GLUON:
         byte_l: gl.constexpr = gl.BlockedLayout([1, 16], [16, 2], [nw, 1], [1, 0])  # two threads a row
         rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [nw, 1], [1, 0])  # the same rows
         rows = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, byte_l))
-        raw = _raw_chunks(kv_smem, NUM_BUF)
+        raw = _raw_chunks(kv_smem)
         s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + rows, hi)
         if n_tiles > 0:  # ring tile 0 starts free
             _issue_tile(kv_smem.index(0), raw, 0, scale_smem.index(0), src0, src1, page0_bytes, page1_bytes, s0,
