@@ -87,9 +87,9 @@ def time_default_kernel(q, sources, sink, scale, ref, configs, what) -> tuple[fl
         return us, {"kernel": "portable", "config": cfg}
     sm90_us, _ = best_config(lambda: sm90.sparse_attn_sm90(q, sources, sink, scale), ref, [{}], what + " sm90")
     fp8 = getattr(sources[0][0], "layout", None) is not None
-    config = dict(block_k=sm90_fp8.BLOCK_K, num_buf=sm90_fp8.NUM_BUF) if fp8 else \
-        dict(block_k=sm90.BLOCK_K, num_buf=sm90.NUM_BUF)
-    return sm90_us, {"kernel": "sm90_fp8" if fp8 else "sm90", "config": config, "portable_us": round(us, 2)}
+    ran = sm90_fp8 if fp8 else sm90  # the module whose kernel took the call, with its ring
+    return sm90_us, {"kernel": "sm90_fp8" if fp8 else "sm90", "config": dict(block_k=ran.BLOCK_K, num_buf=ran.NUM_BUF),
+                     "portable_us": round(us, 2)}
 
 
 def run_decode(results, bw, mm, configs, contexts, batches, kinds):
