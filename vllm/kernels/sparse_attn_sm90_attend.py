@@ -16,8 +16,8 @@ completing a tile's `full` mbarrier when it is ready for the tensor cores. What 
   the tile's `empty` mbarrier when done with it. H200, V4-Flash CSA 32K, 128 requests
   (`h200_sparse_attn_sm90_split.json`): plain rows 41.3 -> 37.8 us against one partition of both
   warpgroups with QK split by rows (`[4, 2]` warps, q read twice a tile, P through shared memory); fp8
-  pages 75.2 -> 45.9 us, their load warps' per-tile instructions cut and the tiles staged in the ring
-  (`h200_sparse_attn_sm90_fp8_inplace.json`);
+  pages 75.2 -> 40.9 us, their load warps' per-tile instructions cut, the tiles staged in the ring and part
+  of each copied a tile early (`h200_sparse_attn_sm90_fp8_side.json`);
 - `_store_half`: channels of the output with the sink in the denominator (one split), or of the
   split's output, and its LSE, for `attn_splits.merge_splits`;
 - on the host, `plan_launch` / `finish_launch`: the output, the sources as the kernels take them, the

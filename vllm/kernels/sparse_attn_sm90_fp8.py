@@ -1,23 +1,28 @@
 """The Hopper sparse MLA kernel over fp8_ds_mla pages (Gluon, SM 9.x): V4's KV cache read as stored.
 
 The math warpgroups are the plain-row kernel's scorer and helper (`sparse_attn_sm90_attend._score` /
-`_help`), on its ring too: two bf16 `[64, 512]` tiles. That ring and q leave no room for a staging buffer, so
-the load warps stage each tile's bytes in the ring tile itself. The NVMMA 128-byte-swizzled tile is 8
-column blocks of `[64 rows, 128 bytes]`, 8 KB each, block c holding channels [64c, 64c + 64). A tile's
-cp.asyncs put:
-- NoPE chunk c (64 e4m3 bytes a row) in the second half of block c, unswizzled (`_raw_chunks`);
-- the 64 bf16 RoPE channels straight in their place, block 7;
-- the 8 UE8M0 scale bytes in a small buffer of their own.
-Dequantizing chunk c reads its bytes, then writes block c, which overlaps no other chunk's bytes (the
-compiler puts a barrier between the reads and the writes: one buffer).
+`_help`), on its ring too: two bf16 `[64, 512]` tiles. That ring and q leave no room for a staging ring,
+so the load warps stage most of each tile's bytes in the ring tile itself. The NVMMA 128-byte-swizzled
+tile is 8 column blocks of `[64 rows, 128 bytes]`, 8 KB each, block c holding channels [64c, 64c + 64).
+A tile's cp.asyncs put:
+- NoPE chunks 0 .. SIDE_CHUNKS - 1 (64 e4m3 bytes a row each) and the 8 UE8M0 scale bytes a tile EARLY,
+  into a side buffer and a scale slot of their own (12 KB of the 17 KB the ring and q leave);
+- the other NoPE chunks c, once the math frees the ring tile, in the second half of block c, unswizzled
+  (`_raw_chunks`), and the 64 bf16 RoPE channels straight in their place, block 7.
+So when the math frees a ring tile, the load warps issue its in-place copies and dequantize the side
+chunks while those fly; then they dequantize chunk c in place: its bytes read, then block c written,
+which overlaps no other chunk's bytes (the compiler puts a barrier between the reads and the writes).
 
-Against the previous kernel (32-row tiles three deep, a staging ring beside them), H200, V4-Flash CSA 32K
-(h200_sparse_attn_sm90_fp8_inplace_trials.json): 128 requests 49.3 -> 46.4 us, 1024 requests 357.6 -> 311.6;
-at 32 / 64 requests and HCA 4K about equal. The math on 32-row tiles alone took 39 us at 128 requests.
+H200, V4-Flash CSA 32K, against the same kernel with every chunk staged in place
+(h200_sparse_attn_sm90_fp8_side.json): 128 requests 46.5 -> 41.0 us, 64 requests 33.0 -> 29.7, 1024
+requests 311 -> 302. ncu of the in-place kernel showed its load warps' largest stall on the wait for a
+tile's copies: those went out only once the math freed the tile, one tile in flight per CTA. Before that,
+against 32-row tiles three deep with a staging ring beside them (h200_sparse_attn_sm90_fp8_inplace_trials.json):
+49.3 -> 46.4 us at 128 requests.
 
-Each load thread owns one row of a tile with one other thread: the row's addresses are computed once for
-its copies, with page sizes as constants (no integer division). The dequantization works on four bytes a
-register (`_e4m3_bits_as_bf16`) and takes each scale by its bits (`_scale_as_bf16`).
+Each load thread owns one row of a tile with one other thread: the row's addresses are computed with page
+sizes as constants (no integer division). The dequantization works on four bytes a register
+(`_e4m3_bits_as_bf16`) and takes each scale by its bits (`_scale_as_bf16`).
 
 A page (`fp8_ds_mla.Fp8DsMlaLayout`) holds `block_size` rows of 576 data bytes (448 e4m3 + 64 bf16),
 then their 8 scale bytes each.
@@ -30,9 +35,12 @@ import torch
 from vllm.kernels.sparse_attn_sm90_attend import (HAS_GLUON, LOAD_WARPS, SCORER_WARPS, finish_launch,
                                                   plan_launch)
 
-BLOCK_K, NUM_BUF = 64, 2  # the plain-row kernel's ring; the staging lives in it
-# Load warps' registers: none spilled. 56 against 72: 46.4 / 48.3 us at 128 requests (same trials file).
-LOAD_REGS = 56
+BLOCK_K, NUM_BUF = 64, 2  # the plain-row kernel's ring; most of the staging lives in it
+# NoPE chunks copied a tile early into the side buffer. 3 against 4 (16 KB, which fits with 0.6 KB to spare):
+# 41.0 / 43.3 us at 128 requests (h200_sparse_attn_sm90_fp8_side.json).
+SIDE_CHUNKS = 3
+# Load warps' registers: none spilled (56 spill with the side buffer's second set of row slots).
+LOAD_REGS = 64
 NOPE, ROPE, DATA_BYTES, SCALE_BYTES = 448, 64, 576, 8  # the V4 latent layout the kernel is written for
 
 if HAS_GLUON:
@@ -46,7 +54,7 @@ if HAS_GLUON:
 
     # the layout, as the kernels see it
     _NOPE, _ROPE, _DATA_BYTES, _SCALE_BYTES = (gl.constexpr(v) for v in (NOPE, ROPE, DATA_BYTES, SCALE_BYTES))
-    _CHUNKS = gl.constexpr(NOPE // 64)
+    _CHUNKS, _SIDE = gl.constexpr(NOPE // 64), gl.constexpr(SIDE_CHUNKS)
 
     @gluon.jit
     def _row_offsets(slots, page_bytes, PAGE_ROWS: gl.constexpr):
@@ -72,28 +80,40 @@ if HAS_GLUON:
         return raw.index(16 * b + 2 * c + 1)
 
     @gluon.jit
-    def _issue_tile(kv, raw, b, scale_dst, src0, src1, page0_bytes, page1_bytes, s0, s1, in0,
-                    PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr, byte_l: gl.constexpr,
-                    rope_l: gl.constexpr):
-        """cp.async tile rows (their slots' loads from `_slot_loads`) into ring tile b (`kv`, its bytes `raw`):
-        the NoPE chunks staged, the RoPE channels in place; the scales into scale_dst. -1 rows read zeros."""
+    def _row_addresses(src0, src1, page0_bytes, page1_bytes, s0, s1, in0, PAGE0_ROWS: gl.constexpr,
+                       PAGE1_ROWS: gl.constexpr):
+        """(data, scales, live) of tile rows (their slots' loads from `_slot_loads`): each row's first data byte
+        and first scale byte in its source, and whether it is a row (-1 slots read zeros)."""
         slots = gl.where(in0, s0, s1)
         d0, e0 = _row_offsets(slots, page0_bytes, PAGE0_ROWS)
         d1, e1 = _row_offsets(slots, page1_bytes, PAGE1_ROWS)
-        live = (slots >= 0)[:, None]
-        data = gl.where(in0, src0 + d0, src1 + d1)
+        return gl.where(in0, src0 + d0, src1 + d1), gl.where(in0, src0 + e0, src1 + e1), (slots >= 0)[:, None]
+
+    @gluon.jit
+    def _issue_early(side, scale_dst, rows, byte_l: gl.constexpr, rope_l: gl.constexpr):
+        """cp.async the tile rows' (`_row_addresses`) NoPE chunks 0 .. _SIDE - 1 into the side buffer and their
+        scales into scale_dst: the part of a tile copied before its ring tile is free."""
+        data, scales, live = rows
         c = gl.arange(0, 64, layout=gl.SliceLayout(0, byte_l))
-        for k in gl.static_range(_CHUNKS):
-            cp.async_copy_global_to_shared(_staged(raw, b, k), data[:, None] + (64 * k + c)[None, :],
-                                           mask=live)
+        for k in gl.static_range(_SIDE):
+            cp.async_copy_global_to_shared(side.index(k), data[:, None] + (64 * k + c)[None, :], mask=live)
+        scales = gl.convert_layout(scales, gl.SliceLayout(1, rope_l))
+        k8 = gl.arange(0, _SCALE_BYTES, layout=gl.SliceLayout(0, rope_l))
+        cp.async_copy_global_to_shared(scale_dst, scales[:, None] + k8[None, :], mask=gl.convert_layout(live, rope_l))
+
+    @gluon.jit
+    def _issue_in_place(kv, raw, b, rows, byte_l: gl.constexpr, rope_l: gl.constexpr):
+        """cp.async the rest of the tile rows (`_row_addresses`) into ring tile b (`kv`, its bytes `raw`): NoPE
+        chunks _SIDE .. _CHUNKS - 1 staged, the RoPE channels in place."""
+        data, _, live = rows
+        c = gl.arange(0, 64, layout=gl.SliceLayout(0, byte_l))
+        for k in gl.static_range(_SIDE, _CHUNKS):
+            cp.async_copy_global_to_shared(_staged(raw, b, k), data[:, None] + (64 * k + c)[None, :], mask=live)
         rope = gl.convert_layout(data + _NOPE, gl.SliceLayout(1, rope_l)).to(gl.pointer_type(gl.bfloat16),
                                                                              bitcast=True)
         r = gl.arange(0, _ROPE, layout=gl.SliceLayout(0, rope_l))
         cp.async_copy_global_to_shared(kv.slice(_NOPE, _ROPE, dim=1), rope[:, None] + r[None, :],
                                        mask=gl.convert_layout(live, rope_l))
-        scales = gl.convert_layout(gl.where(in0, src0 + e0, src1 + e1), gl.SliceLayout(1, rope_l))
-        k8 = gl.arange(0, _SCALE_BYTES, layout=gl.SliceLayout(0, rope_l))
-        cp.async_copy_global_to_shared(scale_dst, scales[:, None] + k8[None, :], mask=gl.convert_layout(live, rope_l))
 
     @gluon.jit
     def _e4m3_bits_as_bf16(w):
@@ -114,46 +134,57 @@ if HAS_GLUON:
         return bits.to(gl.bfloat16, bitcast=True)
 
     @gluon.jit
-    def _dequantize_tile(kv, raw, b, scales, byte_l: gl.constexpr):
-        """Column block c of ring tile b (`kv`) = its staged e4m3 chunk * 2^(scale byte c - 127): two exact
-        power-of-two products. The RoPE block landed in place."""
-        for c in gl.static_range(_CHUNKS):
-            x = _e4m3_bits_as_bf16(_staged(raw, b, c).load(byte_l)) * 1.329227995784916e36  # 2^120
-            e = scales.slice(c, 1, dim=1).load(byte_l)  # [BK, 1], broadcast along the chunk
-            kv.slice(64 * c, 64, dim=1).store(x * _scale_as_bf16(e))
+    def _dequantize_chunk(kv, staged, scales, c: gl.constexpr, byte_l: gl.constexpr):
+        """Column block c of a ring tile (`kv`) = NoPE chunk c's e4m3 bytes (`staged`) * 2^(scale byte c - 127):
+        two exact power-of-two products."""
+        x = _e4m3_bits_as_bf16(staged.load(byte_l)) * 1.329227995784916e36  # 2^120
+        e = scales.slice(c, 1, dim=1).load(byte_l)  # [BK, 1], broadcast along the chunk
+        kv.slice(64 * c, 64, dim=1).store(x * _scale_as_bf16(e))
 
     @gluon.jit
     def _load_fp8_rows(src0, idx0, src1, idx1, k0_len, page0_bytes, page1_bytes, lo, hi, n_tiles, kv_smem,
-                       scale_smem, full, empty, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
+                       scale_smem, side, full, empty, BLOCK_K: gl.constexpr, NUM_BUF: gl.constexpr,
                        PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr):
-        """Producer warps: tile j's copies land, it is dequantized in place and `full` arrived on (once: the
-        partition's); then, when the math warpgroups free the other ring tile, tile j + 1's copies go out. The
-        slots of the tile to copy next are loaded a tile early, so their loads land during a dequantization."""
+        """Producer warps, per tile j: once the math frees its ring tile, its in-place copies go out; its side
+        chunks (copied a tile early) are dequantized while they fly; tile j + 1's early copies go out; tile j's
+        in-place chunks land and are dequantized, and `full` arrived on (once: the partition's). Copy groups
+        alternate early (j + 1) / in place (j), so a wait for all but the newest group waits for the older."""
         nw: gl.constexpr = gl.num_warps()
         byte_l: gl.constexpr = gl.BlockedLayout([1, 16], [16, 2], [nw, 1], [1, 0])  # two threads a row
         rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [nw, 1], [1, 0])  # the same rows
         rows = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, byte_l))
         raw = _raw_chunks(kv_smem)
-        s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + rows, hi)
-        if n_tiles > 0:  # ring tile 0 starts free
-            _issue_tile(kv_smem.index(0), raw, 0, scale_smem.index(0), src0, src1, page0_bytes, page1_bytes, s0,
-                        s1, in0, PAGE0_ROWS, PAGE1_ROWS, byte_l, rope_l)
+        c0, c1, c_in0 = _slot_loads(idx0, idx1, k0_len, lo + rows, hi)  # tile j's slots
+        if n_tiles > 0:
+            _issue_early(side, scale_smem.index(0), _row_addresses(src0, src1, page0_bytes, page1_bytes, c0, c1,
+                                                                   c_in0, PAGE0_ROWS, PAGE1_ROWS), byte_l, rope_l)
         cp.commit_group()
-        s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + BLOCK_K + rows, hi)
+        n0, n1, n_in0 = _slot_loads(idx0, idx1, k0_len, lo + BLOCK_K + rows, hi)  # tile j + 1's, a tile early
         for j in range(n_tiles):
             b = j % NUM_BUF
-            cp.wait_group(0)  # this thread's copies of tile j landed
+            kv = kv_smem.index(b)
+            mbarrier.wait(empty.index(b), ((j // NUM_BUF) & 1) ^ 1)  # tile j - 2's math done (fresh: phase 1 passes)
+            _issue_in_place(kv, raw, b, _row_addresses(src0, src1, page0_bytes, page1_bytes, c0, c1, c_in0,
+                                                       PAGE0_ROWS, PAGE1_ROWS), byte_l, rope_l)
+            cp.commit_group()
+            cp.wait_group(1)  # this thread's early copies of tile j landed
             gl.thread_barrier()  # ... and every load thread's
-            _dequantize_tile(kv_smem.index(b), raw, b, scale_smem.index(b), byte_l)
+            for c in gl.static_range(_SIDE):
+                _dequantize_chunk(kv, side.index(c), scale_smem.index(b), c, byte_l)
+            gl.thread_barrier()  # the side buffer read before it is copied over
+            if j + 1 < n_tiles:
+                _issue_early(side, scale_smem.index((j + 1) % NUM_BUF),
+                             _row_addresses(src0, src1, page0_bytes, page1_bytes, n0, n1, n_in0, PAGE0_ROWS,
+                                            PAGE1_ROWS), byte_l, rope_l)
+            cp.commit_group()
+            c0, c1, c_in0 = n0, n1, n_in0
+            n0, n1, n_in0 = _slot_loads(idx0, idx1, k0_len, lo + (j + 2) * BLOCK_K + rows, hi)
+            cp.wait_group(1)  # tile j's in-place copies landed
+            gl.thread_barrier()
+            for c in gl.static_range(_SIDE, _CHUNKS):
+                _dequantize_chunk(kv, _staged(raw, b, c), scale_smem.index(b), c, byte_l)
             fence_async_shared()  # the stores, visible to the tensor cores' proxy
             mbarrier.arrive(full.index(b))
-            nb = (j + 1) % NUM_BUF
-            if j + 1 < n_tiles:
-                mbarrier.wait(empty.index(nb), (((j + 1) // NUM_BUF) & 1) ^ 1)  # a fresh barrier passes phase 1
-                _issue_tile(kv_smem.index(nb), raw, nb, scale_smem.index(nb), src0, src1, page0_bytes,
-                            page1_bytes, s0, s1, in0, PAGE0_ROWS, PAGE1_ROWS, byte_l, rope_l)
-            cp.commit_group()
-            s0, s1, in0 = _slot_loads(idx0, idx1, k0_len, lo + (j + 2) * BLOCK_K + rows, hi)
 
     @gluon.jit
     def _sparse_attn_sm90_fp8_kernel(q_ptr, out_ptr, sink_ptr, part_o_ptr, part_lse_ptr,
@@ -171,8 +202,9 @@ if HAS_GLUON:
         split = gl.program_id(2)
         bufs = _scorer_buffers(dt, BH, D, BLOCK_K, NUM_BUF)
         q_smem, kv_smem, full, empty = bufs[0], bufs[1], bufs[5], bufs[6]  # what this partition and the loaders use
-        scale_smem = gl.allocate_shared_memory(gl.uint8, [NUM_BUF, BLOCK_K, _SCALE_BYTES],
-                                               gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+        plain: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        scale_smem = gl.allocate_shared_memory(gl.uint8, [NUM_BUF, BLOCK_K, _SCALE_BYTES], plain)
+        side = gl.allocate_shared_memory(gl.uint8, [_SIDE, BLOCK_K, 64], plain)  # early NoPE chunks
         for i in gl.static_range(NUM_BUF):
             mbarrier.init(full.index(i), count=1)  # the load partition arrives once, after its barrier
 
@@ -185,7 +217,8 @@ if HAS_GLUON:
             (_score, (bufs, idx0, idx1, k0_len, lo, hi, n_tiles, qk_scale, dest, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
             (_help, (bufs, n_tiles, dest, BH, D, BLOCK_K, NUM_BUF, NUM_SPLITS)),
             (_load_fp8_rows, (src0_ptr, idx0, src1_ptr, idx1, k0_len, page0_bytes, page1_bytes, lo, hi, n_tiles,
-                              kv_smem, scale_smem, full, empty, BLOCK_K, NUM_BUF, PAGE0_ROWS, PAGE1_ROWS)),
+                              kv_smem, scale_smem, side, full, empty, BLOCK_K, NUM_BUF, PAGE0_ROWS,
+                              PAGE1_ROWS)),
         ], [_HELPER_WARPS, LOAD_WARPS], [_HELPER_REGS, LOAD_REGS])
 
 
