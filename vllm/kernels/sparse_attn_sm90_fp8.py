@@ -90,13 +90,19 @@ if HAS_GLUON:
         return gl.where(in0, src0 + d0, src1 + d1), gl.where(in0, src0 + e0, src1 + e1), (slots >= 0)[:, None]
 
     @gluon.jit
+    def _copy_chunk(dst, rows, k: gl.constexpr, byte_l: gl.constexpr):
+        """cp.async NoPE chunk k (64 e4m3 bytes) of the tile rows (`_row_addresses`) into dst `[BK, 64]` bytes."""
+        data, _, live = rows
+        c = gl.arange(0, 64, layout=gl.SliceLayout(0, byte_l))
+        cp.async_copy_global_to_shared(dst, data[:, None] + (64 * k + c)[None, :], mask=live)
+
+    @gluon.jit
     def _issue_early(side, scale_dst, rows, byte_l: gl.constexpr, rope_l: gl.constexpr):
         """cp.async the tile rows' (`_row_addresses`) NoPE chunks 0 .. _SIDE - 1 into the side buffer and their
         scales into scale_dst: the part of a tile copied before its ring tile is free."""
-        data, scales, live = rows
-        c = gl.arange(0, 64, layout=gl.SliceLayout(0, byte_l))
         for k in gl.static_range(_SIDE):
-            cp.async_copy_global_to_shared(side.index(k), data[:, None] + (64 * k + c)[None, :], mask=live)
+            _copy_chunk(side.index(k), rows, k, byte_l)
+        _, scales, live = rows
         scales = gl.convert_layout(scales, gl.SliceLayout(1, rope_l))
         k8 = gl.arange(0, _SCALE_BYTES, layout=gl.SliceLayout(0, rope_l))
         cp.async_copy_global_to_shared(scale_dst, scales[:, None] + k8[None, :], mask=gl.convert_layout(live, rope_l))
@@ -105,10 +111,9 @@ if HAS_GLUON:
     def _issue_in_place(kv, raw, b, rows, byte_l: gl.constexpr, rope_l: gl.constexpr):
         """cp.async the rest of the tile rows (`_row_addresses`) into ring tile b (`kv`, its bytes `raw`): NoPE
         chunks _SIDE .. _CHUNKS - 1 staged, the RoPE channels in place."""
-        data, _, live = rows
-        c = gl.arange(0, 64, layout=gl.SliceLayout(0, byte_l))
         for k in gl.static_range(_SIDE, _CHUNKS):
-            cp.async_copy_global_to_shared(_staged(raw, b, k), data[:, None] + (64 * k + c)[None, :], mask=live)
+            _copy_chunk(_staged(raw, b, k), rows, k, byte_l)
+        data, _, live = rows
         rope = gl.convert_layout(data + _NOPE, gl.SliceLayout(1, rope_l)).to(gl.pointer_type(gl.bfloat16),
                                                                              bitcast=True)
         r = gl.arange(0, _ROPE, layout=gl.SliceLayout(0, rope_l))
@@ -148,7 +153,9 @@ if HAS_GLUON:
         """Producer warps, per tile j: once the math frees its ring tile, its in-place copies go out; its side
         chunks (copied a tile early) are dequantized while they fly; tile j + 1's early copies go out; tile j's
         in-place chunks land and are dequantized, and `full` arrived on (once: the partition's). Copy groups
-        alternate early (j + 1) / in place (j), so a wait for all but the newest group waits for the older."""
+        alternate early (j + 1) / in place (j), so a wait for all but the newest group waits for the older.
+        A tile's row addresses are computed twice (early and in place), a few integer instructions, rather than
+        two more 64-bit pointers held live across an iteration on load warps kept at LOAD_REGS."""
         nw: gl.constexpr = gl.num_warps()
         byte_l: gl.constexpr = gl.BlockedLayout([1, 16], [16, 2], [nw, 1], [1, 0])  # two threads a row
         rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [nw, 1], [1, 0])  # the same rows
