@@ -159,7 +159,7 @@ def big_enough(programs: int, rows: int) -> bool:
     HCA 4K (160 rows) 16 requests 12.0 / 15.7, 128: 21.9 / 20.4. fp8_ds_mla pages cross at the same points
     (h200_sparse_attn_sm90_fp8.json, _sweep.json, the fp8 kernel before its stop-23 load warps): CSA 1 request
     13.9 / 17.7, 8: 25.6 / 17.4; HCA 4K 16 requests 18.9 / 21.7, 128: 43.7 / 31.9. The current fp8 kernel:
-    8 requests 25.2 / 13.8 (h200_sparse_attn_sm90_fp8_inplace.json); below 8 not re-timed."""
+    8 requests 25.1 / 13.8 (h200_sparse_attn_sm90_fp8_side.json); below 8 not re-timed."""
     return programs * rows >= MIN_WORK
 
 
