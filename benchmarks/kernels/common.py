@@ -22,7 +22,13 @@ def ceilings() -> tuple[float, float]:
 
 def bench(fn, graph: bool = True) -> float:
     """Median µs. Kernels: replays of a CUDA graph (no host launch gaps, per METHOD). Torch references
-    (some sync with the host, so they cannot be captured): CUDA events around eager calls."""
+    (some sync with the host, so they cannot be captured): CUDA events around eager calls.
+
+    Waits for the device first: Triton's graph timer runs fn on a fresh stream that does not wait for the
+    current one, so inputs still being written there (a cache's inserts, indices built just before) would
+    be read unwritten by fn's first eager calls: stale indices from reused memory gather from wild
+    addresses (the illegal-address faults of stops 24-25, in scripts that timed before any sync)."""
+    torch.cuda.synchronize()
     if graph:
         return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median") * 1e3
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median") * 1e3
