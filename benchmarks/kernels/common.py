@@ -11,13 +11,18 @@ import triton
 
 def ceilings() -> tuple[float, float]:
     """Measured copy bandwidth (bytes read + written per s) and bf16 matmul rate (FLOP/s)."""
+    return _copy_rate(), _matmul_rate()
+
+
+def _copy_rate() -> float:
     x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    bw = 2 * x.numel() / (triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") * 1e-3)
+    return 2 * x.numel() / (triton.testing.do_bench(lambda: y.copy_(x), return_mode="median") * 1e-3)
+
+
+def _matmul_rate() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    mm = 2 * 8192**3 / (triton.testing.do_bench(lambda: a @ a, return_mode="median") * 1e-3)
-    del x, y, a
-    return bw, mm
+    return 2 * 8192**3 / (triton.testing.do_bench(lambda: a @ a, return_mode="median") * 1e-3)
 
 
 def bench(fn, graph: bool = True) -> float:
