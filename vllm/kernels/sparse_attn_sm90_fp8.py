@@ -80,10 +80,12 @@ if HAS_GLUON:
         return raw.index(16 * b + 2 * c + 1)
 
     @gluon.jit
-    def _row_addresses(src0, src1, page0_bytes, page1_bytes, s0, s1, in0, PAGE0_ROWS: gl.constexpr,
-                       PAGE1_ROWS: gl.constexpr):
-        """(data, scales, live) of tile rows (their slots' loads from `_slot_loads`): each row's first data byte
-        and first scale byte in its source, and whether it is a row (-1 slots read zeros)."""
+    def _row_addresses(sources, tile_slots, PAGE0_ROWS: gl.constexpr, PAGE1_ROWS: gl.constexpr):
+        """(data, scales, live) of tile rows: each row's first data byte and first scale byte in its source, and
+        whether it is a row (-1 slots read zeros). `sources`: (src0, src1, page0_bytes, page1_bytes);
+        `tile_slots`: the rows' slot loads from `_slot_loads`."""
+        src0, src1, page0_bytes, page1_bytes = sources
+        s0, s1, in0 = tile_slots
         slots = gl.where(in0, s0, s1)
         d0, e0 = _row_offsets(slots, page0_bytes, PAGE0_ROWS)
         d1, e1 = _row_offsets(slots, page1_bytes, PAGE1_ROWS)
@@ -161,18 +163,18 @@ if HAS_GLUON:
         rope_l: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [nw, 1], [1, 0])  # the same rows
         rows = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(1, byte_l))
         raw = _raw_chunks(kv_smem)
-        c0, c1, c_in0 = _slot_loads(idx0, idx1, k0_len, lo + rows, hi)  # tile j's slots
+        sources = (src0, src1, page0_bytes, page1_bytes)
+        cur = _slot_loads(idx0, idx1, k0_len, lo + rows, hi)  # tile j's slots
         if n_tiles > 0:
-            _issue_early(side, scale_smem.index(0), _row_addresses(src0, src1, page0_bytes, page1_bytes, c0, c1,
-                                                                   c_in0, PAGE0_ROWS, PAGE1_ROWS), byte_l, rope_l)
+            _issue_early(side, scale_smem.index(0), _row_addresses(sources, cur, PAGE0_ROWS, PAGE1_ROWS), byte_l,
+                         rope_l)
         cp.commit_group()
-        n0, n1, n_in0 = _slot_loads(idx0, idx1, k0_len, lo + BLOCK_K + rows, hi)  # tile j + 1's, a tile early
+        nxt = _slot_loads(idx0, idx1, k0_len, lo + BLOCK_K + rows, hi)  # tile j + 1's, a tile early
         for j in range(n_tiles):
             b = j % NUM_BUF
             kv = kv_smem.index(b)
             mbarrier.wait(empty.index(b), ((j // NUM_BUF) & 1) ^ 1)  # tile j - 2's math done (fresh: phase 1 passes)
-            _issue_in_place(kv, raw, b, _row_addresses(src0, src1, page0_bytes, page1_bytes, c0, c1, c_in0,
-                                                       PAGE0_ROWS, PAGE1_ROWS), byte_l, rope_l)
+            _issue_in_place(kv, raw, b, _row_addresses(sources, cur, PAGE0_ROWS, PAGE1_ROWS), byte_l, rope_l)
             cp.commit_group()
             cp.wait_group(1)  # this thread's early copies of tile j landed
             gl.thread_barrier()  # ... and every load thread's
@@ -181,11 +183,10 @@ if HAS_GLUON:
             gl.thread_barrier()  # the side buffer read before it is copied over
             if j + 1 < n_tiles:
                 _issue_early(side, scale_smem.index((j + 1) % NUM_BUF),
-                             _row_addresses(src0, src1, page0_bytes, page1_bytes, n0, n1, n_in0, PAGE0_ROWS,
-                                            PAGE1_ROWS), byte_l, rope_l)
+                             _row_addresses(sources, nxt, PAGE0_ROWS, PAGE1_ROWS), byte_l, rope_l)
             cp.commit_group()
-            c0, c1, c_in0 = n0, n1, n_in0
-            n0, n1, n_in0 = _slot_loads(idx0, idx1, k0_len, lo + (j + 2) * BLOCK_K + rows, hi)
+            cur = nxt
+            nxt = _slot_loads(idx0, idx1, k0_len, lo + (j + 2) * BLOCK_K + rows, hi)
             cp.wait_group(1)  # tile j's in-place copies landed
             gl.thread_barrier()
             for c in gl.static_range(_SIDE, _CHUNKS):
