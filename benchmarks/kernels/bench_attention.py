@@ -98,20 +98,21 @@ def run_decode(results, bw, mm, configs, contexts, batches, kinds):
         for kind in kinds:
             for context in contexts:
                 for batch in batches:
-                    q, sources, sink, nbytes, flops = decode_case(batch, context, kind, fp8)
-                    scale = D**-0.5
-                    ref = sa.sparse_attn_ref(q, sources, sink, scale)
-                    us, kernel = time_default_kernel(q, sources, sink, scale, ref, configs,
-                                                     f"sparse_attn {kind} {context} {batch}")
-                    ref_us = bench(lambda: sa.sparse_attn_ref(q, sources, sink, scale), graph=False)
-                    row = {"op": "sparse_attn_decode", "kv": "fp8_ds_mla" if fp8 else "bf16", "layer": kind,
-                           "context": context, "batch": batch, "rows_per_query": sources[0][1].shape[1]
-                           + sources[1][1].shape[1], **kernel, **roofline(us, nbytes, flops, bw, mm),
-                           "torch_ref_us": round(ref_us, 1)}
+                    row = decode_row(batch, context, kind, fp8, bw, mm, configs)
                     results.append(row)
                     print(json.dumps(row), flush=True)
-                    del q, sources, ref
-                    torch.cuda.empty_cache()
+                    torch.cuda.empty_cache()  # the case's tensors went with decode_row's frame
+
+
+def decode_row(batch, context, kind, fp8, bw, mm, configs) -> dict:
+    q, sources, sink, nbytes, flops = decode_case(batch, context, kind, fp8)
+    scale = D**-0.5
+    ref = sa.sparse_attn_ref(q, sources, sink, scale)
+    us, kernel = time_default_kernel(q, sources, sink, scale, ref, configs, f"sparse_attn {kind} {context} {batch}")
+    ref_us = bench(lambda: sa.sparse_attn_ref(q, sources, sink, scale), graph=False)
+    return {"op": "sparse_attn_decode", "kv": "fp8_ds_mla" if fp8 else "bf16", "layer": kind, "context": context,
+            "batch": batch, "rows_per_query": sources[0][1].shape[1] + sources[1][1].shape[1], **kernel,
+            **roofline(us, nbytes, flops, bw, mm), "torch_ref_us": round(ref_us, 1)}
 
 
 def run_prefill(results, bw, mm, configs):
@@ -149,30 +150,36 @@ def run_indexer(results, bw, mm, contexts, batches):
     for fp8 in (False, True):
         for context in contexts:
             for batch in batches:
-                n = context // CSA_RATIO
-                keys, key_bytes = index_keys(batch * n, fp8)
-                entry = torch.arange(batch * n, device="cuda").view(batch, n)
-                req = torch.arange(batch, device="cuda")
-                vis = torch.full((batch,), n, device="cuda")
-                q = torch.randn(batch, HI, DI, device="cuda", dtype=torch.bfloat16)
-                w = torch.randn(batch, HI, device="cuda")
-                args = (q, w, keys, entry, req, vis)
-                scores = ix.indexer_scores(*args, DI**-0.5)
-                ref = ix.indexer_scores_ref(*args, DI**-0.5)
-                assert_close(scores, ref, 1e-2, "indexer scores")
-                s_us = bench(lambda: ix.indexer_scores(*args, DI**-0.5))
-                k_us = bench(lambda: ix.indexer_topk(*args, TOPK, DI**-0.5))
-                ref_us = (bench(lambda: ix.indexer_topk_ref(*args, TOPK, DI**-0.5), graph=False)
-                          if batch * n <= 1 << 22 else None)
-                nbytes = batch * n * (key_bytes + 8 + 4)  # key, entry slot, score
-                row = {"op": "indexer_topk_decode", "keys": "fp8" if fp8 else "bf16", "context": context,
-                       "batch": batch, "entries": n,
-                       "scores_kernel": roofline(s_us, nbytes, batch * 2 * HI * DI * n, bw, mm),
-                       "with_topk_us": round(k_us, 2), "torch_ref_us": None if ref_us is None else round(ref_us, 1)}
+                row = indexer_row(batch, context, fp8, bw, mm)
                 results.append(row)
                 print(json.dumps(row), flush=True)
-                del keys, args, scores, ref
-                torch.cuda.empty_cache()
+                torch.cuda.empty_cache()  # the case's tensors went with indexer_row's frame
+
+
+def indexer_row(batch, context, fp8, bw, mm) -> dict:
+    """One query per request over all its entries; scores checked against the reference, the chosen entries
+    against torch.topk over the same scores (their multiset of scores: ties may pick other entries)."""
+    n = context // CSA_RATIO
+    keys, key_bytes = index_keys(batch * n, fp8)
+    entry = torch.arange(batch * n, device="cuda").view(batch, n)  # request b's entry j at slot b * n + j
+    req = torch.arange(batch, device="cuda")
+    vis = torch.full((batch,), n, device="cuda")
+    q = torch.randn(batch, HI, DI, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(batch, HI, device="cuda")
+    args = (q, w, keys, entry, req, vis)
+    scores = ix.indexer_scores(*args, DI**-0.5)
+    assert_close(scores, ix.indexer_scores_ref(*args, DI**-0.5), 1e-2, "indexer scores")
+    chosen = ix.indexer_topk(*args, TOPK, DI**-0.5) - entry[:, :1]
+    best = scores.topk(min(TOPK, n), dim=-1).values
+    assert torch.equal(scores.gather(1, chosen).sort(1).values, best.sort(1).values), "indexer top-k"
+    s_us = bench(lambda: ix.indexer_scores(*args, DI**-0.5))
+    k_us = bench(lambda: ix.indexer_topk(*args, TOPK, DI**-0.5))
+    ref_us = (bench(lambda: ix.indexer_topk_ref(*args, TOPK, DI**-0.5), graph=False)
+              if batch * n <= 1 << 22 else None)
+    nbytes = batch * n * (key_bytes + 8 + 4)  # key, entry slot, score
+    return {"op": "indexer_topk_decode", "keys": "fp8" if fp8 else "bf16", "context": context, "batch": batch,
+            "entries": n, "scores_kernel": roofline(s_us, nbytes, batch * 2 * HI * DI * n, bw, mm),
+            "with_topk_us": round(k_us, 2), "torch_ref_us": None if ref_us is None else round(ref_us, 1)}
 
 
 def run_small(results, bw, mm):
