@@ -203,8 +203,9 @@ def _index_case(t, b, n, hi, di, seed, fp8=False):
     return q, w, keys, entry, req, vis
 
 
-@pytest.mark.parametrize("t,b,n,hi,di,topk", [(9, 3, 40, 8, 32, 5), (5, 2, 130, 16, 64, 128), (4, 1, 3, 8, 32, 10)],
-                         ids=["small", "topk-over-blocks", "topk-longer-than-entries"])
+@pytest.mark.parametrize("t,b,n,hi,di,topk", [(9, 3, 40, 8, 32, 5), (5, 2, 130, 16, 64, 128), (4, 1, 3, 8, 32, 10),
+                                              (3, 2, 5000, 8, 16, 64)],
+                         ids=["small", "topk-over-blocks", "topk-longer-than-entries", "select-in-stages"])
 @pytest.mark.parametrize("fp8", [False, True], ids=["plain-keys", "fp8-keys"])
 def test_indexer_topk_picks_the_reference_best(t, b, n, hi, di, topk, fp8, monkeypatch):
     monkeypatch.setattr(ix, "SCORE_ELEMENTS", 2 * n)  # several query chunks
