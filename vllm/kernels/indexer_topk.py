@@ -12,7 +12,7 @@ import torch
 
 from vllm.kernels._triton import dot_precision, next_pow2, tl, triton
 from vllm.kernels.sparse_attn import gather_rows
-from vllm.kernels.topk_select import topk_slots
+from vllm.kernels.topk_select import topk_slots, topk_slots_ref
 
 QUERY_CHUNK = 256
 
@@ -40,19 +40,22 @@ def indexer_topk_ref(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: 
     `[T]` (entries j < num_visible[t] are visible), scores as indexer_scores_ref. Returns
     `[T, min(topk, N)]` slots, -1 where the query has fewer visible entries than slots.
     """
-    n = entry_slots.shape[1]
+    return _select_in_query_chunks(indexer_scores_ref, topk_slots_ref, QUERY_CHUNK, q, weights, keys, entry_slots,
+                                   query_req, num_visible, topk, softmax_scale)
+
+
+def _select_in_query_chunks(score_fn, select_fn, chunk: int, q, weights, keys, entry_slots, query_req, num_visible,
+                            topk, softmax_scale) -> torch.Tensor:
+    """`select_fn`'s top-k slots over `score_fn`'s scores, `chunk` queries at a time (bounds the [chunk, N]
+    scores); the torch and Triton paths differ only in the two functions and the chunk."""
+    t, n = q.shape[0], entry_slots.shape[1]
     k = min(topk, n)
-    out = torch.full((q.shape[0], k), -1, dtype=torch.long, device=q.device)
-    if k == 0:
-        return out
-    for s in range(0, q.shape[0], QUERY_CHUNK):  # bounds the [chunk, N] scores
-        e = min(s + QUERY_CHUNK, q.shape[0])
-        scores = indexer_scores_ref(q[s:e], weights[s:e], keys, entry_slots, query_req[s:e], num_visible[s:e],
-                                    softmax_scale)
-        top = scores.topk(k, dim=-1).indices
-        slots = entry_slots[query_req[s:e]].gather(1, top)
-        out[s:e] = torch.where(top < num_visible[s:e, None], slots, -1)
-    return out
+    if k == 0 or t == 0:
+        return torch.full((t, k), -1, dtype=torch.long, device=q.device)
+    parts = [select_fn(score_fn(q[s:s + chunk], weights[s:s + chunk], keys, entry_slots, query_req[s:s + chunk],
+                                num_visible[s:s + chunk], softmax_scale), k, entry_slots, query_req[s:s + chunk])
+             for s in range(0, t, chunk)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 SCORE_ELEMENTS = 1 << 26  # fp32 scores held at once by the launcher (256 MiB)
@@ -132,12 +135,6 @@ def indexer_topk(q: torch.Tensor, weights: torch.Tensor, keys, entry_slots: torc
     """Triton scores, then the Triton select (`topk_select.topk_slots`), a bounded chunk of queries at a time,
     with indexer_topk_ref's contract (keys: tensor, plain or FP8 PagedRows) except the order within a row:
     the chosen slots come in entry order, not best first (ties at the k-th score may pick other entries)."""
-    t, n = q.shape[0], entry_slots.shape[1]
-    k = min(topk, n)
-    if k == 0 or t == 0:
-        return torch.full((t, k), -1, dtype=torch.long, device=q.device)
-    chunk = max(1, SCORE_ELEMENTS // n)
-    parts = [topk_slots(indexer_scores(q[s:s + chunk], weights[s:s + chunk], keys, entry_slots, query_req[s:s + chunk],
-                                       num_visible[s:s + chunk], softmax_scale), k, entry_slots, query_req[s:s + chunk])
-             for s in range(0, t, chunk)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+    chunk = max(1, SCORE_ELEMENTS // max(1, entry_slots.shape[1]))
+    return _select_in_query_chunks(indexer_scores, topk_slots, chunk, q, weights, keys, entry_slots, query_req,
+                                   num_visible, topk, softmax_scale)
